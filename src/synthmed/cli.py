@@ -1,0 +1,291 @@
+"""The ``synthmed`` command line: one typer app; every verb is a thin call into a stage.
+
+Exit codes: 0 success; 2 bad input or configuration (one line on stderr naming the culprit; ``--debug`` shows the
+traceback); 1 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # recent typer vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import ClickException
+
+from synthmed import __version__
+from synthmed.errors import UserError
+
+app = typer.Typer(
+    name="synthmed",
+    help="Do synthetic diffusion images improve my medical-image classifier? Generate, vet, mix, train, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect a real dataset.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_STATE = {"debug": False}
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set a.b=c (repeatable)")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="turn data warnings into errors")]
+OutOpt = Annotated[Path, typer.Option("-o", "--out", help="run directory")]
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"synthmed {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="never touch the network")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow loading pickled (non-safetensors) checkpoints")] = False,
+) -> None:
+    """synthmed command line."""
+    _STATE["debug"] = debug
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if trust_pickle:
+        os.environ["SYNTHMED_TRUST_PICKLE"] = "1"
+
+
+def _config(path: Path | None, overrides: list[str] | None, strict: bool):
+    from synthmed.config import load_config
+
+    cfg = load_config(path, overrides, strict=strict or None)
+    if cfg.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    return cfg
+
+
+def _prepare_run_dir(cfg, out: Path) -> Path:
+    from synthmed.config import save_resolved
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"run directory {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def _data_config(spec: str, config: Path | None, overrides: list[str] | None, strict: bool,
+                 shots: int | None, long_tail: float | None, max_per_class: int | None, fraction: float | None):
+    extra = [f"data.source={spec}"]
+    if shots is not None:
+        extra.append(f"data.shots={shots}")
+    if long_tail is not None:
+        extra.append(f"data.long_tail.ratio={long_tail}")
+        if max_per_class is not None:
+            extra.append(f"data.long_tail.max_per_class={max_per_class}")
+    if fraction is not None:
+        extra.append(f"data.fraction={fraction}")
+    return _config(config, list(overrides or []) + extra, strict)
+
+
+@data_app.command("info")
+def data_info(
+    spec: Annotated[str, typer.Argument(help="npz:PATH | medmnist:NAME[:SIZE] | folder:PATH | csv:PATH | phantom:blood")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    config: Annotated[Optional[Path], typer.Option("-c", "--config", help="YAML config for the other data settings")] = None,
+    shots: Annotated[Optional[int], typer.Option(help="K training images per class")] = None,
+    long_tail: Annotated[Optional[float], typer.Option("--long-tail", help="long-tail ratio (head / tail)")] = None,
+    max_per_class: Annotated[Optional[int], typer.Option(help="head-class size for --long-tail")] = None,
+    fraction: Annotated[Optional[float], typer.Option(help="keep this fraction of train")] = None,
+    set_: SetOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Class names and counts per split and class."""
+    from synthmed.data.info import format_info
+    from synthmed.data.load import load_data
+
+    cfg = _data_config(spec, config, set_, strict, shots, long_tail, max_per_class, fraction)
+    summary = load_data(cfg.data).summary()
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
+
+
+@data_app.command("show")
+def data_show(
+    spec: Annotated[str, typer.Argument(help="data source spec")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="PNG file to write")],
+    per_class: Annotated[int, typer.Option(help="images per row")] = 8,
+    config: Annotated[Optional[Path], typer.Option("-c", "--config")] = None,
+    set_: SetOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """A sample grid, one row per class."""
+    from synthmed.data.load import load_data
+    from synthmed.data.show import save_grid
+
+    cfg = _data_config(spec, config, set_, strict, None, None, None, None)
+    path = save_grid(load_data(cfg.data), out, per_class=per_class)
+    typer.echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+@app.command()
+def finetune(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: StrictOpt = False) -> None:
+    """Train (ddpm) or fine-tune (stable_diffusion) the generator; resumes from the latest checkpoint."""
+    from synthmed.generators.stage import finetune as run_finetune
+
+    cfg = _config(config, set_, strict)
+    path = run_finetune(cfg, _prepare_run_dir(cfg, out))
+    typer.echo(f"generator saved to {path}")
+
+
+@app.command()
+def generate(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: StrictOpt = False) -> None:
+    """Sample synthetic images per class into RUN_DIR/synthetic (resumable)."""
+    from synthmed.generators.stage import generate as run_generate
+
+    cfg = _config(config, set_, strict)
+    path = run_generate(cfg, _prepare_run_dir(cfg, out))
+    typer.echo(f"synthetic set in {path}")
+
+
+@app.command()
+def quality(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: StrictOpt = False) -> None:
+    """Fidelity, diversity, CAS and memorization audit of the synthetic set; applies the filter."""
+    from synthmed.metrics.quality import run_quality
+
+    cfg = _config(config, set_, strict)
+    path = run_quality(cfg, _prepare_run_dir(cfg, out))
+    typer.echo(f"quality report in {path}")
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    out: OutOpt,
+    policy: Annotated[Optional[list[str]], typer.Option("--policy", help="policy name from run.policies (repeatable); default: the config's mix/imbalance")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds (default: run.seeds)")] = None,
+    set_: SetOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Train classifiers on real (+ synthetic) images; select on real val; test on real test."""
+    from synthmed.classifiers.stage import train as run_train
+
+    cfg = _config(config, set_, strict)
+    seed_list = _parse_seeds(seeds)
+    rows = run_train(cfg, _prepare_run_dir(cfg, out), policies=policy, seeds=seed_list)
+    typer.echo(f"trained {len(rows)} classifier(s) in {out / 'classifiers'}")
+
+
+def _parse_seeds(seeds: str | None) -> list[int] | None:
+    if seeds is None:
+        return None
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Print the metrics table (mean, std, 95% CI over seeds; paired differences)."""
+    from synthmed.metrics.evaluate import evaluate_run
+
+    typer.echo(evaluate_run(run_dir, as_json=as_json))
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    out: OutOpt,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="rerun this stage (repeatable)")] = None,
+    set_: SetOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """The whole chain: data, finetune, generate, quality/filter, train, evaluate, report (cached, resumable)."""
+    from synthmed.pipeline.run import run_pipeline
+
+    cfg = _config(config, set_, strict)
+    report = run_pipeline(cfg, _prepare_run_dir(cfg, out), force=list(force or []))
+    typer.echo(f"report: {report}")
+
+
+@app.command()
+def sweep(
+    config: ConfigArg,
+    out: OutOpt,
+    workers: Annotated[int, typer.Option(help="local parallel workers")] = 1,
+    shard: Annotated[Optional[str], typer.Option(help="i/n: run only shard i of n (0-based)")] = None,
+    set_: SetOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """A grid over config keys sharing one generator and synthetic set; appends to RUN_DIR/results.csv."""
+    from synthmed.pipeline.sweep import parse_shard, run_sweep
+
+    cfg = _config(config, set_, strict)
+    path = run_sweep(cfg, _prepare_run_dir(cfg, out), workers=workers, shard=parse_shard(shard))
+    typer.echo(f"results: {path}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+    """Write RUN_DIR/report.html (self-contained)."""
+    from synthmed.report.html import build_report
+
+    typer.echo(f"report: {build_report(run_dir)}")
+
+
+# ------------------------------------------------------------------------------------------------ entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and map exceptions to exit codes (0 ok, 2 bad input, 1 internal error)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="synthmed", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as err:
+        code = err.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        code = 130
+    except ClickException as err:
+        err.show()
+        code = 2
+    except UserError as err:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {err}", err=True)
+        code = err.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        code = 130
+    except Exception as err:  # noqa: BLE001 - the catch-all for internal errors
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"internal error: {err.__class__.__name__}: {err} (rerun with --debug for the traceback)", err=True)
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

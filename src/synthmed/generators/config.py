@@ -1,0 +1,65 @@
+"""Configuration of the generators (training) and of generation (sampling)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthmed.generators.sd_config import StableDiffusionConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class DDPMConfig(_Strict):
+    """The class-conditional UNet trained from scratch (``generator.kind: ddpm``)."""
+
+    preset: Literal["XS", "S", "M", "L", "custom"] = "S"
+    block_out_channels: list[int] | None = Field(None, description="custom channels per level (preset: custom)")
+    layers_per_block: int = Field(2, ge=1)
+    attention_levels: list[int] | None = Field(None, description="levels (0 = highest resolution) with attention")
+    resolution: int | None = Field(None, description="training resolution; None = data size rounded up to a multiple of 8")
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    num_train_timesteps: int = Field(1000, ge=10)
+    snr_gamma: float | None = Field(5.0, gt=0, description="min-SNR-gamma loss weighting; None = plain MSE")
+    label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance label dropout")
+    steps: int = Field(2000, ge=1, description="optimisation steps")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.9999, gt=0, lt=1, description="max EMA decay (warm-up aware, diffusers EMAModel)")
+    ema_power: float = Field(0.75, gt=0, description="EMA warm-up power: decay = 1 - (1 + step) ** -power")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    hflip: bool = False
+    vflip: bool = False
+    rot90: bool = False
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    tensorboard: bool = False
+
+
+class GeneratorConfig(_Strict):
+    """Which generator to fit and its settings."""
+
+    kind: Literal["ddpm", "stable_diffusion"] = "ddpm"
+    ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
+    stable_diffusion: StableDiffusionConfig = Field(default_factory=StableDiffusionConfig)
+
+
+class GenerationConfig(_Strict):
+    """How many synthetic images to sample per class, and how."""
+
+    n_per_class: int | None = Field(100, ge=0, description="images per class (ignored when balance_to is set)")
+    balance_to: int | None = Field(None, gt=0, description="generate enough to bring every training class to N")
+    sampler: Literal["dpmpp", "ddim", "ddpm"] = "dpmpp"
+    steps: int | None = Field(None, ge=1, description="sampling steps (None: dpmpp 20 (SD 25), ddim 50, ddpm 1000)")
+    guidance: float | None = Field(None, ge=0, description="classifier-free guidance scale (None: recipe default)")
+    batch_size: int = Field(64, ge=1)
+    seed: int | None = Field(None, description="generation seed (None = the global seed)")
+    strength: float | None = Field(None, gt=0, le=1, description="SD img2img 'real guidance' strength; None = text-to-image")
+    negative_prompt: str | None = None

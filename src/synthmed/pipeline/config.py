@@ -1,0 +1,27 @@
+"""Configuration of ``synthmed run`` (policies x seeds) and ``synthmed sweep`` (a grid over config keys)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunConfig(BaseModel):
+    """What ``synthmed run`` trains: every named policy for every seed."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    policies: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"real_only": {"mix.policy": "real_only"}},
+        description="policy name -> dotted overrides of mix/imbalance/classifier (e.g. {'mix.policy': 'ratio'})",
+    )
+
+
+class SweepConfig(BaseModel):
+    """A grid over any config keys; the generator and synthetic set are shared by all grid points."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
