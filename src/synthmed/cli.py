@@ -113,10 +113,10 @@ def data_info(
     strict: StrictOpt = False,
 ) -> None:
     """Class names and counts per split and class."""
+    cfg = _data_config(spec, config, set_, strict, shots, long_tail, max_per_class, fraction)
     from synthmed.data.info import format_info
     from synthmed.data.load import load_data
 
-    cfg = _data_config(spec, config, set_, strict, shots, long_tail, max_per_class, fraction)
     summary = load_data(cfg.data).summary()
     typer.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
 
@@ -131,10 +131,10 @@ def data_show(
     strict: StrictOpt = False,
 ) -> None:
     """A sample grid, one row per class."""
+    cfg = _data_config(spec, config, set_, strict, None, None, None, None)
     from synthmed.data.load import load_data
     from synthmed.data.show import save_grid
 
-    cfg = _data_config(spec, config, set_, strict, None, None, None, None)
     path = save_grid(load_data(cfg.data), out, per_class=per_class)
     typer.echo(f"wrote {path}")
 
@@ -145,9 +145,8 @@ def data_show(
 @app.command()
 def finetune(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: StrictOpt = False) -> None:
     """Train (ddpm) or fine-tune (stable_diffusion) the generator; resumes from the latest checkpoint."""
-    from synthmed.generators.stage import finetune as run_finetune
-
     cfg = _config(config, set_, strict)
+    from synthmed.generators.stage import finetune as run_finetune
     path = run_finetune(cfg, _prepare_run_dir(cfg, out))
     typer.echo(f"generator saved to {path}")
 
@@ -155,9 +154,8 @@ def finetune(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: Strict
 @app.command()
 def generate(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: StrictOpt = False) -> None:
     """Sample synthetic images per class into RUN_DIR/synthetic (resumable)."""
-    from synthmed.generators.stage import generate as run_generate
-
     cfg = _config(config, set_, strict)
+    from synthmed.generators.stage import generate as run_generate
     path = run_generate(cfg, _prepare_run_dir(cfg, out))
     typer.echo(f"synthetic set in {path}")
 
@@ -165,9 +163,8 @@ def generate(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: Strict
 @app.command()
 def quality(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: StrictOpt = False) -> None:
     """Fidelity, diversity, CAS and memorization audit of the synthetic set; applies the filter."""
-    from synthmed.metrics.quality import run_quality
-
     cfg = _config(config, set_, strict)
+    from synthmed.metrics.quality import run_quality
     path = run_quality(cfg, _prepare_run_dir(cfg, out))
     typer.echo(f"quality report in {path}")
 
@@ -182,9 +179,8 @@ def train(
     strict: StrictOpt = False,
 ) -> None:
     """Train classifiers on real (+ synthetic) images; select on real val; test on real test."""
-    from synthmed.classifiers.stage import train as run_train
-
     cfg = _config(config, set_, strict)
+    from synthmed.classifiers.stage import train as run_train
     seed_list = _parse_seeds(seeds)
     rows = run_train(cfg, _prepare_run_dir(cfg, out), policies=policy, seeds=seed_list)
     typer.echo(f"trained {len(rows)} classifier(s) in {out / 'classifiers'}")
@@ -219,9 +215,8 @@ def run(
     strict: StrictOpt = False,
 ) -> None:
     """The whole chain: data, finetune, generate, quality/filter, train, evaluate, report (cached, resumable)."""
-    from synthmed.pipeline.run import run_pipeline
-
     cfg = _config(config, set_, strict)
+    from synthmed.pipeline.run import run_pipeline
     report = run_pipeline(cfg, _prepare_run_dir(cfg, out), force=list(force or []))
     typer.echo(f"report: {report}")
 
@@ -236,9 +231,8 @@ def sweep(
     strict: StrictOpt = False,
 ) -> None:
     """A grid over config keys sharing one generator and synthetic set; appends to RUN_DIR/results.csv."""
-    from synthmed.pipeline.sweep import parse_shard, run_sweep
-
     cfg = _config(config, set_, strict)
+    from synthmed.pipeline.sweep import parse_shard, run_sweep
     path = run_sweep(cfg, _prepare_run_dir(cfg, out), workers=workers, shard=parse_shard(shard))
     typer.echo(f"results: {path}")
 
