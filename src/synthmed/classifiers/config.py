@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class AugmentConfig(_Strict):
+    """Per-sample augmentation of training images only (never val/test), done on in-memory tensors."""
+
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = Field(True, description="random multiples of 90 degrees (square images only)")
+    brightness: float = Field(0.1, ge=0.0, le=1.0, description="multiply by 1 + U(-b, b)")
+    contrast: float = Field(0.1, ge=0.0, le=1.0, description="scale around the image mean by 1 + U(-c, c)")
+
+
+class ClipConfig(_Strict):
+    """The open_clip classifier: LoRA on attention q and v with cosine logits to class prompts, or a linear probe."""
+
+    arch: str = Field("ViT-B-16", description="open_clip model name (ViT-B-16 or ViT-B-32)")
+    pretrained: str | None = Field(None, description="CLIP weights (safetensors, or a state dict with --trust-pickle)")
+    head: Literal["lora", "linear_probe"] = "lora"
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    prompt: str = Field("a microscopy image of a {}", description="class prompt; {} is the class name")
+    model_cfg: dict[str, Any] | None = Field(None, description="custom open_clip model config (tests: tiny towers)")
 
 
 class ClassifierConfig(_Strict):
@@ -18,6 +40,19 @@ class ClassifierConfig(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up, then cosine decay to 0")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    mixup: float = Field(0.0, ge=0.0, description="MixUp Beta(alpha, alpha); 0 = off")
+    cutmix: float = Field(0.0, ge=0.0, description="CutMix Beta(alpha, alpha); 0 = off (both on: 50/50 per batch)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    patience: int | None = Field(None, ge=1, description="early stopping: epochs without real-val improvement")
+    pretrained: str | None = Field(None, description="backbone weights for cnn/resnet (safetensors); none = from scratch")
+    precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision")
+    eval_batch_size: int = Field(256, ge=1)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
 
 
 class MixConfig(_Strict):
@@ -32,6 +67,10 @@ class MixConfig(_Strict):
     ratio: float = Field(0.5, ge=0.0, le=1.0)
     batch_ratio: float = Field(0.5, ge=0.0, le=1.0)
     weight_lambda: float = Field(0.8, ge=0.0, le=1.0, alias="lambda")
+    shortage: Literal["error", "take_all"] = Field(
+        "error", description="too few kept synthetic images for add_per_class/balance_to/ratio: fail, or use all with a warning"
+    )
+    pretrain_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of classifier.epochs spent on synthetic pre-training")
 
 
 class ImbalanceConfig(_Strict):

@@ -43,6 +43,7 @@ class DataConfig(_Strict):
     long_tail: LongTailConfig | None = None
     fraction: float | None = Field(None, gt=0.0, le=1.0, description="keep this fraction of the training set")
     subset_seed: int = 0
+    classes: list[str] | None = Field(None, description="class names in index order; labels outside it are an error")
     strict: bool = Field(False, description="turn warnings (skipped files, duplicates) into errors")
     max_image_pixels: int = Field(89_478_485, gt=0, description="decompression-bomb limit (PIL's default)")
     phantom: PhantomConfig = Field(default_factory=PhantomConfig)

@@ -17,6 +17,9 @@ class RunConfig(BaseModel):
         default_factory=lambda: {"real_only": {"mix.policy": "real_only"}},
         description="policy name -> dotted overrides of mix/imbalance/classifier (e.g. {'mix.policy': 'ratio'})",
     )
+    keep_stale: bool = Field(
+        False, description="keep outputs invalidated by a changed setting under RUN_DIR/.stale/ instead of deleting them"
+    )
 
 
 class SweepConfig(BaseModel):
@@ -25,3 +28,6 @@ class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
+    policies: list[str] | None = Field(
+        None, description="names from run.policies trained at every grid point (None = all of run.policies)"
+    )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class FilterConfig(BaseModel):
-    """Which synthetic images are kept (``kept`` column of the manifest)."""
+    """Which synthetic images are kept (``kept`` column of the manifest) and when a set fails the gate."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -14,3 +16,15 @@ class FilterConfig(BaseModel):
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="tau: keep if a real-data classifier gives the intended class >= tau")
     drop_near_duplicates: bool = True
     drop_copies: bool = True
+    near_duplicate_space: Literal["pixel", "feature"] = "pixel"
+    near_duplicate_threshold: float | None = Field(
+        None, ge=0.0, description="distance under which two synthetic images of a class are duplicates; None = the copy threshold"
+    )
+    gate_max_fid_ratio: float | None = Field(
+        4.0, gt=0.0, description="fail when FID(synthetic, real train) > this x FID(real val, real train)"
+    )
+    gate_min_precision_ratio: float | None = Field(
+        0.5, ge=0.0, description="fail when precision(synthetic) < this x precision(real val) (same backbone)"
+    )
+    gate_min_kept_fraction: float | None = Field(0.5, ge=0.0, le=1.0, description="fail when the filter keeps less than this")
+    gate_max_copy_fraction: float | None = Field(0.05, ge=0.0, le=1.0, description="fail when more are flagged as copies")

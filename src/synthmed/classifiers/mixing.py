@@ -1,0 +1,208 @@
+"""Mixing policies: which real and which (kept) synthetic images a classifier trains on, and how.
+
+The exact definitions are in docs/mixing.md; :func:`plan_mix` implements them. Subsets of synthetic (and, for
+``ratio``, real) images are drawn per class with a generator seeded by the training seed, so a (policy, seed) pair
+always trains on the same images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from synthmed.classifiers.config import MixConfig
+from synthmed.data.dataset import ImageSet
+from synthmed.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["concat", "batch_ratio", "weighted_loss", "pretrain_then_finetune"]
+NEEDS_SYNTHETIC = {"add_per_class", "balance_to", "ratio", "batch_ratio", "synthetic_only", "weighted_loss",
+                   "pretrain_then_finetune"}
+
+
+@dataclass
+class MixPlan:
+    """The training images of one run and how the training loop uses them."""
+
+    policy: str
+    mode: Mode
+    real: ImageSet
+    synthetic: ImageSet
+    batch_ratio: float = 0.0
+    weight_lambda: float = 1.0
+    pretrain_fraction: float = 0.5
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_real(self) -> int:
+        return len(self.real)
+
+    @property
+    def n_synthetic(self) -> int:
+        return len(self.synthetic)
+
+    def combined(self) -> ImageSet:
+        """Real followed by synthetic images (the training set of the ``concat`` mode)."""
+        parts = [s for s in (self.real, self.synthetic) if len(s)]
+        return ImageSet.concat(parts) if parts else self.real
+
+
+def needs_synthetic(mix: MixConfig) -> bool:
+    return mix.policy in NEEDS_SYNTHETIC and not (mix.policy == "ratio" and mix.ratio == 0.0) and not (
+        mix.policy == "batch_ratio" and mix.batch_ratio == 0.0) and not (
+        mix.policy == "weighted_loss" and mix.weight_lambda == 1.0) and not (
+        mix.policy == "add_per_class" and mix.add_per_class == 0)
+
+
+def empty_like(s: ImageSet) -> ImageSet:
+    return ImageSet(np.zeros((0, *s.images.shape[1:]), np.uint8), np.zeros(0, np.int64), [])
+
+
+def largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Split the integer ``total`` in proportion to ``weights`` (Hamilton / largest-remainder rounding)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if total <= 0 or w.sum() <= 0:
+        return np.zeros(len(w), dtype=np.int64)
+    exact = total * w / w.sum()
+    out = np.floor(exact).astype(np.int64)
+    rest = total - int(out.sum())
+    order = np.argsort(-(exact - out), kind="stable")
+    out[order[:rest]] += 1
+    return out
+
+
+def take_per_class(pool: ImageSet, wanted: np.ndarray, rng: np.random.Generator, shortage: str,
+                   what: str, warnings: list[str]) -> ImageSet:
+    """``wanted[c]`` images of each class c drawn without replacement from ``pool`` (ordered by class)."""
+    picked: list[np.ndarray] = []
+    for c, k in enumerate(np.asarray(wanted, dtype=np.int64).tolist()):
+        if k <= 0:
+            continue
+        idx = np.flatnonzero(pool.labels == c)
+        if len(idx) < k:
+            msg = f"{what}: class {c} needs {k} kept synthetic images but only {len(idx)} exist"
+            if shortage == "error":
+                raise DataError(msg + " (generate more, loosen the filter, or set mix.shortage=take_all)")
+            warnings.append(msg + "; using all of them")
+            log.warning(warnings[-1])
+            k = len(idx)
+        picked.append(np.sort(rng.choice(idx, size=k, replace=False)))
+    if not picked:
+        return empty_like(pool)
+    return pool.subset(np.concatenate(picked))
+
+
+def _check_synthetic(real: ImageSet, synthetic: ImageSet | None, policy: str) -> ImageSet:
+    if synthetic is None:
+        raise DataError(f"mix.policy={policy} needs the synthetic set")
+    if len(synthetic) and synthetic.images.shape[1:3] != real.images.shape[1:3]:
+        raise DataError(f"synthetic images are {synthetic.size} but real ones {real.size}: regenerate at data.size")
+    if len(synthetic) and synthetic.channels != real.channels:
+        imgs = synthetic.images
+        imgs = np.repeat(imgs, 3, axis=3) if imgs.shape[3] == 1 else imgs.mean(axis=3, keepdims=True).round().astype(np.uint8)
+        synthetic = ImageSet(np.ascontiguousarray(imgs), synthetic.labels, synthetic.ids)
+    return synthetic
+
+
+def plan_mix(mix: MixConfig, real: ImageSet, synthetic: ImageSet | None, n_classes: int, seed: int) -> MixPlan:
+    """Apply ``mix.policy`` to the real training set and the kept synthetic images (see docs/mixing.md)."""
+    policy = mix.policy
+    warnings: list[str] = []
+    if not needs_synthetic(mix):
+        return MixPlan(policy, "concat", real, empty_like(real), warnings=warnings)
+    syn = _check_synthetic(real, synthetic, policy)
+    rng = np.random.default_rng([seed, 7919])
+    real_counts = np.bincount(real.labels, minlength=n_classes)
+    syn_counts = np.bincount(syn.labels, minlength=n_classes) if len(syn) else np.zeros(n_classes, np.int64)
+    if policy == "add_per_class":
+        wanted = np.full(n_classes, mix.add_per_class)
+        chosen = take_per_class(syn, wanted, rng, mix.shortage, "add_per_class", warnings)
+        return MixPlan(policy, "concat", real, chosen, warnings=warnings)
+    if policy == "balance_to":
+        wanted = np.maximum(mix.balance_to - real_counts, 0)
+        chosen = take_per_class(syn, wanted, rng, mix.shortage, "balance_to", warnings)
+        return MixPlan(policy, "concat", real, chosen, warnings=warnings)
+    if policy == "ratio":
+        return _plan_ratio(mix, real, syn, real_counts, syn_counts, rng, warnings)
+    if policy == "synthetic_only":
+        if not len(syn):
+            raise DataError("synthetic_only: the synthetic set has no kept images")
+        return MixPlan(policy, "concat", empty_like(real), syn, warnings=warnings)
+    if not len(syn):
+        raise DataError(f"{policy}: the synthetic set has no kept images")
+    if policy == "batch_ratio":
+        return MixPlan(policy, "batch_ratio", real, syn, batch_ratio=mix.batch_ratio, warnings=warnings)
+    if policy == "weighted_loss":
+        return MixPlan(policy, "weighted_loss", real, syn, weight_lambda=mix.weight_lambda, warnings=warnings)
+    if policy == "pretrain_then_finetune":
+        return MixPlan(policy, "pretrain_then_finetune", real, syn, pretrain_fraction=mix.pretrain_fraction,
+                       warnings=warnings)
+    raise DataError(f"unknown mix.policy {policy}")  # pragma: no cover
+
+
+def _plan_ratio(mix: MixConfig, real: ImageSet, syn: ImageSet, real_counts: np.ndarray, syn_counts: np.ndarray,
+                rng: np.random.Generator, warnings: list[str]) -> MixPlan:
+    """Synthetic share R of the training set; real kept whole when enough synthetic images exist."""
+    r = mix.ratio
+    n_real = len(real)
+    if r >= 1.0:  # synthetic only, as many images as the real set, in the real class proportions
+        wanted = largest_remainder(n_real, real_counts)
+        chosen = take_per_class(syn, wanted, rng, mix.shortage, "ratio=1", warnings)
+        return MixPlan("ratio", "concat", empty_like(real), chosen, warnings=warnings)
+    total_syn = int(round(r / (1.0 - r) * n_real))
+    wanted = largest_remainder(total_syn, real_counts)
+    short = wanted > syn_counts
+    if not short.any():
+        return MixPlan("ratio", "concat", real, take_per_class(syn, wanted, rng, "error", "ratio", warnings),
+                       warnings=warnings)
+    if mix.shortage == "error":
+        c = int(np.flatnonzero(short)[0])
+        raise DataError(f"ratio={r}: class {c} needs {int(wanted[c])} kept synthetic images but only "
+                        f"{int(syn_counts[c])} exist (set mix.shortage=take_all to subsample real images instead)")
+    # take_all: in short classes use every synthetic image and subsample real so the class keeps the ratio R
+    real_keep = real_counts.copy()
+    for c in np.flatnonzero(short):
+        wanted[c] = syn_counts[c]
+        real_keep[c] = int(round(syn_counts[c] * (1.0 - r) / r))
+    msg = (f"ratio={r}: too few synthetic images in classes {np.flatnonzero(short).tolist()}; "
+           f"their real images were subsampled to keep the ratio")
+    warnings.append(msg)
+    log.warning(msg)
+    real_idx = np.concatenate([
+        np.sort(rng.choice(np.flatnonzero(real.labels == c), size=int(k), replace=False))
+        for c, k in enumerate(real_keep.tolist()) if k > 0
+    ] or [np.zeros(0, np.int64)])
+    chosen = take_per_class(syn, wanted, rng, "error", "ratio", warnings)
+    return MixPlan("ratio", "concat", real.subset(real_idx), chosen, warnings=warnings)
+
+
+def batch_ratio_counts(batch_size: int, ratio: float) -> tuple[int, int]:
+    """(real, synthetic) images per batch of the ``batch_ratio`` policy: round(R * B) synthetic."""
+    n_syn = int(round(ratio * batch_size))
+    return batch_size - n_syn, n_syn
+
+
+def batch_ratio_batches(n_real: int, n_syn: int, batch_size: int, ratio: float,
+                        rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of ``batch_ratio`` batches: one pass over the real images (or the synthetic ones when R = 1);
+    synthetic images are drawn from a reshuffled cycle so each is used about equally often."""
+    b_real, b_syn = batch_ratio_counts(batch_size, ratio)
+    if b_real == 0 or n_real == 0:
+        order = rng.permutation(n_syn)
+        return [(np.zeros(0, np.int64), order[i:i + batch_size]) for i in range(0, n_syn, batch_size)]
+    real_order = rng.permutation(n_real)
+    real_parts = [real_order[i:i + b_real] for i in range(0, n_real, b_real)]
+    # a short last batch keeps the ratio: round(k * R / (1 - R)) synthetic images next to its k real ones
+    syn_sizes = [b_syn if len(p) == b_real else int(round(len(p) * ratio / (1.0 - ratio))) for p in real_parts]
+    need = sum(syn_sizes)
+    cycles = int(np.ceil(need / max(n_syn, 1)))
+    stream = np.concatenate([rng.permutation(n_syn) for _ in range(cycles)]) if need else np.zeros(0, np.int64)
+    out, start = [], 0
+    for part, k in zip(real_parts, syn_sizes):
+        out.append((part, stream[start:start + k]))
+        start += k
+    return out

@@ -1,0 +1,252 @@
+"""Classifier networks: the OCT study's small CNN, torchvision ResNets, and open_clip ViTs (LoRA or linear probe).
+
+Every network is a :class:`Net`: it takes float images in [0, 1] (N, C, H, W) with the data's channel count, repeats
+grayscale to 3 channels when the backbone needs it, normalizes per channel (buffers, saved with the weights),
+computes ``features`` (the penultimate layer) and ``head`` logits.
+
+CLIP LoRA: open_clip's ViT uses ``nn.MultiheadAttention`` with a fused ``in_proj_weight`` (q, k, v stacked).
+peft 0.21 can wrap a whole ``MultiheadAttention`` only (LoRA on q, k, v *and* out_proj at once, by merging weights
+around each call); it cannot target q and v alone. We therefore add our own LoRA as a ``torch.nn.utils.parametrize``
+parametrization of ``in_proj_weight`` that adds ``B_q A_q`` to the q block and ``B_v A_v`` to the v block
+(k untouched), exactly the q/v LoRA of Hu et al. used by CytoDiff; the base weights stay frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthmed.classifiers.config import ClassifierConfig
+from synthmed.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Net(nn.Module):
+    """Normalization + backbone (-> features) + head (-> logits)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, in_channels: int, backbone_channels: int,
+                 feature_dim: int, input_size: int | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.in_channels = in_channels
+        self.backbone_channels = backbone_channels
+        self.feature_dim = feature_dim
+        self.input_size = input_size
+        self.register_buffer("mean", torch.full((backbone_channels,), 0.5))
+        self.register_buffer("std", torch.full((backbone_channels,), 0.25))
+
+    def set_normalization(self, mean: Any, std: Any) -> None:
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1).clamp_min(1e-3)
+        if mean_t.numel() == 1:
+            mean_t, std_t = mean_t.repeat(self.backbone_channels), std_t.repeat(self.backbone_channels)
+        self.mean.copy_(mean_t)
+        self.std.copy_(std_t)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.backbone_channels:
+            x = x.repeat(1, self.backbone_channels // x.shape[1], 1, 1)
+        x = (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        if self.input_size is not None and x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.prepare(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+# ----------------------------------------------------------------------------------------------- CNN
+
+
+class SmallCNN(nn.Module):
+    """The OCT study's net: two 3x3 conv layers with ReLU and 2x2 max pooling; features feed one FC layer."""
+
+    def __init__(self, in_channels: int, width: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        )
+        self.out_dim = 2 * width * 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+# ----------------------------------------------------------------------------------------------- ResNet
+
+
+def _resnet(name: str, size: int) -> tuple[nn.Module, int]:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    if size <= 64:  # small-input stem: 3x3 stride-1 conv, no max pooling
+        net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim
+
+
+def load_backbone_weights(net: Net, path: str) -> int:
+    """Load matching tensors (name and shape) from a weights file into the backbone; returns how many."""
+    from synthmed.safety import load_state_dict
+
+    state = load_state_dict(path)
+    own = net.backbone.state_dict()
+    for prefix in ("backbone.", "module.", ""):
+        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        picked = {k: v for k, v in picked.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        if picked:
+            net.backbone.load_state_dict(picked, strict=False)
+            return len(picked)
+    raise ConfigError(f"classifier.pretrained={path}: no tensor matches the {type(net.backbone).__name__} backbone")
+
+
+# ----------------------------------------------------------------------------------------------- CLIP
+
+
+class LoRAQV(nn.Module):
+    """Parametrization of a fused ``in_proj_weight`` (3d, d): adds low-rank updates to the q and v blocks."""
+
+    def __init__(self, dim: int, r: int, alpha: float) -> None:
+        super().__init__()
+        self.dim, self.scale = dim, alpha / r
+        self.a_q = nn.Parameter(torch.empty(r, dim))
+        self.b_q = nn.Parameter(torch.zeros(dim, r))
+        self.a_v = nn.Parameter(torch.empty(r, dim))
+        self.b_v = nn.Parameter(torch.zeros(dim, r))
+        nn.init.kaiming_uniform_(self.a_q, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.a_v, a=math.sqrt(5))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        zeros = weight.new_zeros(self.dim, self.dim)
+        delta = torch.cat([self.b_q @ self.a_q, zeros, self.b_v @ self.a_v], dim=0)
+        return weight + self.scale * delta
+
+
+def add_lora_qv(module: nn.Module, r: int, alpha: float) -> int:
+    """Add q/v LoRA to every ``nn.MultiheadAttention`` under ``module``; returns how many were wrapped."""
+    from torch.nn.utils import parametrize
+
+    n = 0
+    for sub in list(module.modules()):
+        if isinstance(sub, nn.MultiheadAttention):
+            if not sub._qkv_same_embed_dim:  # noqa: SLF001
+                raise ConfigError("CLIP LoRA needs attention with a fused q/k/v projection")
+            parametrize.register_parametrization(sub, "in_proj_weight", LoRAQV(sub.embed_dim, r, alpha))
+            n += 1
+    return n
+
+
+class CosineHead(nn.Module):
+    """Logits = scale * cos(image embedding, class-prompt text embedding); text embeddings are a fixed buffer."""
+
+    def __init__(self, text_embeddings: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.register_buffer("text", F.normalize(text_embeddings.float(), dim=-1))
+        self.scale = float(scale)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(feats, dim=-1) @ self.text.t()
+
+
+def _clip_model(cc: Any) -> tuple[nn.Module, Any]:
+    import open_clip
+    from open_clip.model import CLIP
+
+    model_cfg = dict(cc.model_cfg) if cc.model_cfg else open_clip.get_model_config(cc.arch)
+    if model_cfg is None:
+        raise ConfigError(f"classifier.clip.arch={cc.arch}: unknown open_clip model (try ViT-B-16 or ViT-B-32)")
+    model_cfg.pop("custom_text", None)
+    quick = bool(model_cfg.pop("quick_gelu", False))
+    model = CLIP(**model_cfg, quick_gelu=quick)
+    if cc.pretrained:
+        from synthmed.safety import load_state_dict
+
+        state = load_state_dict(cc.pretrained)
+        state = state.get("state_dict", state) if isinstance(state.get("state_dict"), dict) else state
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        missing, _ = model.load_state_dict(state, strict=False)
+        if len(missing) > len(state):
+            raise ConfigError(f"classifier.clip.pretrained={cc.pretrained}: does not match {cc.arch}")
+    context = int(model_cfg.get("text_cfg", {}).get("context_length", 77))
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context)
+    return model, tokenizer
+
+
+def build_clip(cc: Any, in_channels: int, n_classes: int, class_names: list[str] | None) -> tuple[Net, dict]:
+    """The CLIP classifier; the text tower is used once for the class-prompt embeddings and then dropped."""
+    model, tokenizer = _clip_model(cc)
+    visual = model.visual
+    size = visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    for p in visual.parameters():
+        p.requires_grad_(False)
+    feature_dim = int(model.text_projection.shape[1] if model.text_projection is not None else model.embed_dim)
+    if cc.head == "lora":
+        names = class_names or [f"class {i}" for i in range(n_classes)]
+        with torch.no_grad():
+            text = model.encode_text(tokenizer([cc.prompt.format(n.replace("_", " ")) for n in names]), normalize=True)
+            scale = float(model.logit_scale.exp().clamp(max=100.0))
+        add_lora_qv(visual, cc.lora_r, cc.lora_alpha)
+        head: nn.Module = CosineHead(text, scale)
+    else:
+        head = nn.Linear(feature_dim, n_classes)
+    del model
+    net = Net(visual, head, in_channels, 3, feature_dim, input_size=size)
+    net.set_normalization(CLIP_MEAN, CLIP_STD)
+    return net, {"clip_arch": cc.arch, "clip_head": cc.head, "clip_image_size": size}
+
+
+# ----------------------------------------------------------------------------------------------- factory
+
+
+def build_model(cc: ClassifierConfig, in_channels: int, size: int, n_classes: int,
+                class_names: list[str] | None = None, load_pretrained: bool = True) -> tuple[Net, dict]:
+    """Build the network named by ``classifier.model``; returns it and facts for metrics.json.
+
+    ``load_pretrained=False`` skips reading weight files (used when a saved classifier is reloaded).
+    """
+    info: dict[str, Any] = {"model": cc.model, "pretrained": False}
+    if cc.model == "cnn":
+        backbone = SmallCNN(in_channels)
+        net = Net(backbone, nn.Linear(backbone.out_dim, n_classes), in_channels, in_channels, backbone.out_dim)
+    elif cc.model in ("resnet18", "resnet50"):
+        backbone, dim = _resnet(cc.model, size)
+        net = Net(backbone, nn.Linear(dim, n_classes), in_channels, 3, dim)
+        info["small_stem"] = size <= 64
+    elif cc.model == "clip":
+        if not load_pretrained:
+            cc = cc.model_copy(update={"clip": cc.clip.model_copy(update={"pretrained": None})})
+        net, extra = build_clip(cc.clip, in_channels, n_classes, class_names)
+        info.update(extra)
+        info["pretrained"] = bool(cc.clip.pretrained)
+        info["pretrained_path"] = cc.clip.pretrained
+        return net, info
+    else:  # pragma: no cover - pydantic guards the literal
+        raise ConfigError(f"unknown classifier.model {cc.model}")
+    if cc.pretrained and load_pretrained:
+        info["pretrained_tensors"] = load_backbone_weights(net, cc.pretrained)
+        if net.backbone_channels == 3:
+            net.set_normalization(IMAGENET_MEAN, IMAGENET_STD)
+    info["pretrained"] = bool(cc.pretrained)
+    info["pretrained_path"] = cc.pretrained
+    return net, info
+
+
+def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
+    return [p for p in net.parameters() if p.requires_grad]

@@ -1,0 +1,104 @@
+"""``load_data``: source -> image policy -> real-only splits -> training subset -> leakage guard.
+
+With a run directory the chosen split is written to ``RUN_DIR/data/split.csv`` (atomically); a rerun recomputes
+the split and refuses to go on when it differs from the file (a different data config needs a new run dir).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from synthmed.data.config import DataConfig
+from synthmed.data.dataset import ImageSet, RealData
+from synthmed.data.sources import read_source
+from synthmed.data.splits import duplicate_pairs, make_splits, subset_indices
+from synthmed.errors import DataError
+from synthmed.io import atomic_write_csv
+
+SPLIT_COLUMNS = ["id", "split", "label", "class_name", "in_train_subset"]
+
+
+def load_data(cfg: DataConfig, run_dir: Path | None = None, echo_warnings: bool = True) -> RealData:
+    """Load the real data described by ``cfg``; warnings go to ``RealData.warnings`` (and stderr)."""
+    raw = read_source(cfg)
+    warn = list(raw.warnings)
+    split = make_splits(raw.labels, raw.split, raw.groups, cfg)
+    full = ImageSet(raw.images, raw.labels, raw.ids)
+    sets = {s: full.subset(np.flatnonzero(split == s)) for s in ("train", "val", "test")}
+    pool = sets["train"]
+    for s in ("train", "val", "test"):
+        if len(sets[s]) == 0:
+            raise DataError(f"{cfg.source}: the {s} split is empty (too few images? lower data.val_fraction/test_fraction or add images)")
+    keep = subset_indices(pool.labels, raw.classes, cfg, warn)
+    train = pool.subset(keep)
+
+    for other in ("val", "test"):
+        pairs = duplicate_pairs(pool.images, pool.ids, sets[other].images, sets[other].ids)
+        if pairs:
+            a, b = pairs[0]
+            msg = f"{len(pairs)} {other} image(s) have exact pixel duplicates in the train split (e.g. train '{a}' = {other} '{b}')"
+            if cfg.strict:
+                raise DataError(msg + "; remove the duplicates or drop --strict")
+            warn.append(msg)
+
+    policy = dict(raw.policy, source=cfg.source)
+    data = RealData(raw.classes, train, sets["val"], sets["test"], pool, cfg.source, policy, warn)
+    if echo_warnings:
+        for w in warn:
+            print(f"warning: {w}", file=sys.stderr)
+    if run_dir is not None:
+        write_or_check_split(data, Path(run_dir) / "data" / "split.csv")
+    return data
+
+
+def split_rows(data: RealData) -> list[dict[str, str]]:
+    in_sub = set(data.train.ids)
+    rows = []
+    for s, part in (("train", data.train_pool), ("val", data.val), ("test", data.test)):
+        for i, y in zip(part.ids, part.labels.tolist()):
+            rows.append({"id": i, "split": s, "label": str(y), "class_name": data.classes[y],
+                         "in_train_subset": "1" if s == "train" and i in in_sub else "0"})  # fmt: skip
+    return rows
+
+
+def read_split_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames != SPLIT_COLUMNS:
+                raise DataError(f"{path}: unexpected columns {reader.fieldnames} (expected {','.join(SPLIT_COLUMNS)})")
+            return list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: unreadable split file ({err}); use a new run dir") from None
+
+
+def write_or_check_split(data: RealData, path: Path) -> Path:
+    """Write ``split.csv``, or check that an existing one chose exactly the same ids."""
+    rows = split_rows(data)
+    if path.exists():
+        old = read_split_csv(path)
+        if old != rows:
+            diff = _first_difference(old, rows)
+            raise DataError(
+                f"{path} was written for a different data config ({diff}); use a new run dir (-o) "
+                f"or delete {path.parent} to re-split"
+            )
+        return path
+    atomic_write_csv(path, rows, SPLIT_COLUMNS)
+    return path
+
+
+def _first_difference(old: list[dict[str, str]], new: list[dict[str, str]]) -> str:
+    before = {r.get("id"): r for r in old}
+    for b in new:
+        a = before.get(b["id"])
+        if a is None:
+            return f"id '{b['id']}' is new"
+        if a != b:
+            key = next(k for k in SPLIT_COLUMNS if a.get(k) != b.get(k))
+            return f"id '{b['id']}': {key} was '{a.get(key)}', now '{b.get(key)}'"
+    return f"{len(old)} rows on disk, {len(new)} now"

@@ -1,0 +1,158 @@
+"""Memorization audit: is a synthetic image a copy of one of the generator's training images?
+
+For every synthetic image we find its nearest generator-training image in pixel space (RMS difference of pixels
+scaled to [0, 1], so thresholds do not depend on the image size) and in feature space (Euclidean). The reference is
+what independent real images look like: the NN distances of real **val** images to the same training images. A
+synthetic image is flagged as a copy when its NN distance is at or below the ``copy_quantile`` of that reference
+(default 1%: closer to a training image than 99% of genuinely new real images are), or below an absolute threshold.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthmed.data.dataset import ImageSet
+from synthmed.io import atomic_write_csv
+
+QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5)
+TRAINING_IMAGES = "generator/training_images.csv"
+
+
+def pixel_vectors(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> float32 (N, H*W*C) in [0, 1]."""
+    return np.asarray(images, np.float32).reshape(len(images), -1) / 255.0
+
+
+def nearest(query: np.ndarray, ref: np.ndarray, chunk: int = 256, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean NN of each query row among ``ref`` rows (float64, chunked): (distance, index)."""
+    q64 = np.asarray(query, np.float64)
+    r64 = np.asarray(ref, np.float64)
+    rr = (r64 * r64).sum(1)
+    dist = np.empty(len(q64), np.float64)
+    idx = np.empty(len(q64), np.int64)
+    for s in range(0, len(q64), chunk):
+        x = q64[s : s + chunk]
+        d2 = (x * x).sum(1)[:, None] + rr[None, :] - 2.0 * x @ r64.T
+        if exclude_self:
+            rows = np.arange(len(x))
+            d2[rows, s + rows] = np.inf
+        j = np.argmin(d2, axis=1)
+        idx[s : s + chunk] = j
+        # recompute the winners exactly (the expansion loses precision for near-identical vectors)
+        dist[s : s + chunk] = np.sqrt(((x - r64[j]) ** 2).sum(1))
+    return dist, idx
+
+
+def pixel_nearest(query: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NN in pixel space; distances are RMS pixel differences in [0, 1] units."""
+    q, r = pixel_vectors(query), pixel_vectors(ref)
+    d, i = nearest(q, r)
+    return d / np.sqrt(max(q.shape[1], 1)), i
+
+
+def quantiles(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {}
+    return {f"q{int(q * 100):02d}": float(np.quantile(values, q)) for q in QUANTILES}
+
+
+def training_images(run_dir: str | Path, real_train: ImageSet, pool: ImageSet | None = None) -> tuple[ImageSet, list[str]]:
+    """The generator's training images from ``generator/training_images.csv`` (fallback: RealData.train)."""
+    path = Path(run_dir) / TRAINING_IMAGES
+    if not path.is_file():
+        return real_train, [f"{TRAINING_IMAGES} missing: audited against the real training set instead"]
+    with open(path, newline="", encoding="utf-8") as fh:
+        wanted = [row["id"] for row in csv.DictReader(fh)]
+    index: dict[str, tuple[ImageSet, int]] = {}
+    for s in (pool, real_train):
+        if s is not None:
+            index.update({id_: (s, i) for i, id_ in enumerate(s.ids)})
+    found = [w for w in wanted if w in index]
+    notes = []
+    if len(found) < len(wanted):
+        notes.append(f"{len(wanted) - len(found)} of {len(wanted)} generator training ids are not in the real data")
+    if not found:
+        return real_train, notes + ["audited against the real training set instead"]
+    imgs = np.stack([index[w][0].images[index[w][1]] for w in found])
+    labels = np.asarray([index[w][0].labels[index[w][1]] for w in found])
+    return ImageSet(imgs, labels, found), notes
+
+
+def thresholds(ref_pixel: np.ndarray, ref_feature: np.ndarray | None, quality_cfg: Any) -> dict[str, float | None]:
+    """Copy thresholds: absolute when configured, else the copy_quantile of the real val->train NN distances."""
+    q = quality_cfg.copy_quantile
+    pix = quality_cfg.copy_threshold_pixel
+    if pix is None and len(ref_pixel):
+        pix = float(np.quantile(ref_pixel, q))
+    feat = quality_cfg.copy_threshold_feature
+    if feat is None and ref_feature is not None and len(ref_feature):
+        feat = float(np.quantile(ref_feature, q))
+    return {"pixel": pix, "feature": feat}
+
+
+def flag_copies(pixel_d: np.ndarray, feature_d: np.ndarray | None, thr: dict[str, float | None], space: str) -> np.ndarray:
+    """Boolean copy flags; ``space`` is pixel | feature | either | both (a missing threshold never flags)."""
+    def under(d: np.ndarray | None, t: float | None) -> np.ndarray:
+        if d is None or t is None:
+            return np.zeros(len(pixel_d), bool)
+        return d <= t
+
+    p, f = under(pixel_d, thr["pixel"]), under(feature_d, thr["feature"])
+    return {"pixel": p, "feature": f, "either": p | f, "both": p & f}[space]
+
+
+@dataclass
+class AuditResult:
+    """The audit's summary (for quality.json), per-image rows, and the arrays the filter and gallery need."""
+
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    pixel_distance: np.ndarray
+    pixel_index: np.ndarray
+    feature_distance: np.ndarray | None
+    flags: np.ndarray
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+
+
+def audit(
+    synthetic: ImageSet, train: ImageSet, val: ImageSet, quality_cfg: Any,
+    syn_feats: np.ndarray | None = None, train_feats: np.ndarray | None = None, val_feats: np.ndarray | None = None,
+) -> AuditResult:
+    """Run the audit of ``synthetic`` against the generator's ``train`` images, with real ``val`` as reference."""
+    syn_pd, syn_pi = pixel_nearest(synthetic.images, train.images)
+    ref_pd, _ = pixel_nearest(val.images, train.images)
+    syn_fd = syn_fi = ref_fd = None
+    if syn_feats is not None and train_feats is not None and len(syn_feats):
+        syn_fd, syn_fi = nearest(syn_feats, train_feats)
+        if val_feats is not None and len(val_feats):
+            ref_fd, _ = nearest(val_feats, train_feats)
+    thr = thresholds(ref_pd, ref_fd, quality_cfg)
+    flags = flag_copies(syn_pd, syn_fd, thr, quality_cfg.copy_space)
+    rows = []
+    for i, id_ in enumerate(synthetic.ids):
+        row = {"id": id_, "label": int(synthetic.labels[i]), "nn_pixel_id": train.ids[syn_pi[i]],
+               "pixel_distance": f"{syn_pd[i]:.6f}", "copy": bool(flags[i])}
+        if syn_fd is not None:
+            row.update(nn_feature_id=train.ids[syn_fi[i]], feature_distance=f"{syn_fd[i]:.6f}")
+        rows.append(row)
+    summary: dict[str, Any] = {
+        "n_synthetic": len(synthetic), "n_generator_train": len(train), "n_real_val_reference": len(val),
+        "copy_space": quality_cfg.copy_space, "copy_quantile": quality_cfg.copy_quantile, "thresholds": thr,
+        "flagged": int(flags.sum()), "flagged_fraction": float(flags.mean()) if len(flags) else 0.0,
+        "pixel_distance": {"synthetic_to_train": quantiles(syn_pd), "real_val_to_train": quantiles(ref_pd)},
+    }
+    if syn_fd is not None:
+        summary["feature_distance"] = {"synthetic_to_train": quantiles(syn_fd),
+                                       "real_val_to_train": quantiles(ref_fd) if ref_fd is not None else {}}
+    return AuditResult(summary, rows, syn_pd, syn_pi, syn_fd, flags, thr)
+
+
+def write_audit_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    cols = ["id", "label", "nn_pixel_id", "pixel_distance", "nn_feature_id", "feature_distance", "copy"]
+    atomic_write_csv(path, rows, cols)

@@ -1,0 +1,212 @@
+"""``synthmed run``: data -> finetune -> generate -> quality -> train (policy x seed) -> evaluate -> report.
+
+Every stage is keyed by a hash of its config slice and its inputs' keys (``pipeline/keys.py``) and recorded in
+``RUN_DIR/pipeline/state.json`` (``pipeline/state.py``): a rerun skips finished stages, resumes a crashed one, and
+reruns only what a changed setting touches. See docs/pipeline.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthmed.config import Config, save_resolved
+from synthmed.errors import UserError
+from synthmed.io import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps
+from synthmed.pipeline.keys import (
+    STAGES, UPSTREAM_STAGES, UpstreamKeys, digest, is_synthetic, resolve_policy, train_key, upstream_keys,
+)
+from synthmed.pipeline.progress import Display
+from synthmed.pipeline.state import State
+
+REPORT_VERSION = 1
+REAL_SAMPLES = "pipeline/real_samples.npz"
+DATA_SUMMARY = "pipeline/data_summary.json"
+EVALUATION_JSON = "pipeline/evaluation.json"
+EVALUATION_TXT = "pipeline/evaluation.txt"
+
+# Where each stage function lives ("module:attribute"); resolved lazily so tests can substitute fakes.
+STAGE_FUNCS: dict[str, str] = {
+    "data": "synthmed.data.load:load_data",
+    "finetune": "synthmed.generators.stage:finetune",
+    "generate": "synthmed.generators.stage:generate",
+    "quality": "synthmed.metrics.quality:run_quality",
+    "train": "synthmed.classifiers.stage:train",
+    "evaluate": "synthmed.metrics.evaluate:evaluate_run",
+    "report": "synthmed.report.html:build_report",
+}
+OUTPUTS: dict[str, list[str]] = {
+    "data": ["data", DATA_SUMMARY, REAL_SAMPLES],
+    "finetune": ["generator", "generator_work"],
+    "generate": ["synthetic"],
+    "quality": ["quality"],
+}
+INPUTS: dict[str, list[str]] = {"data": [], "finetune": ["data"], "generate": ["finetune"], "quality": ["generate"]}
+
+
+def stage_fn(name: str, spec: str | None = None) -> Callable[..., Any]:
+    """Import the function implementing stage ``name`` (or the ``module:attr`` ``spec``)."""
+    module, attr = (spec or STAGE_FUNCS[name]).split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def parse_force(force: list[str] | None) -> set[str]:
+    """Validate ``--force`` stage names."""
+    out = set()
+    for name in force or []:
+        for part in str(name).split(","):
+            part = part.strip()
+            if part and part not in STAGES:
+                raise UserError(f"--force {part}: unknown stage (choose from {', '.join(STAGES)})")
+            if part:
+                out.add(part)
+    return out
+
+
+def run_stage(state: State, display: Display, name: str, key: str, inputs: list[str], outputs: list[str],
+              fn: Callable[[], Any], forced: bool = False) -> bool:
+    """Skip, resume or freshly run one stage; returns whether it ran."""
+    status = "new" if forced else state.status(name, key)
+    if status == "done" and all((state.run_dir / o).exists() for o in outputs[:1]):
+        display.skip(name, "cached")
+        return False
+    note = "resuming" if status == "running" else ("forced" if forced else "running")
+    if status != "running":
+        state.start(name, key, inputs, outputs)
+    with display.unit(name, note):
+        fn()
+    state.finish(name)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- upstream
+
+
+def _data_stage(cfg: Config, run_dir: Path) -> None:
+    real = stage_fn("data")(cfg.data, run_dir)
+    summary = real.summary()
+    summary["source"] = getattr(real, "source", cfg.data.source)
+    summary["warnings"] = list(getattr(real, "warnings", []) or [])
+    atomic_write_json(run_dir / DATA_SUMMARY, summary)
+    rng = np.random.default_rng(cfg.seed)
+    idx: list[int] = []
+    for c in range(real.n_classes):
+        members = np.flatnonzero(real.train.labels == c)
+        idx += sorted(rng.choice(members, size=min(8, len(members)), replace=False).tolist()) if len(members) else []
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=real.train.images[idx], labels=real.train.labels[idx],
+                        classes=np.asarray(real.classes, dtype=str))
+    atomic_write_bytes(run_dir / REAL_SAMPLES, buf.getvalue())
+
+
+def upstream_stage_count(needs_synthetic: bool) -> int:
+    return len(UPSTREAM_STAGES) if needs_synthetic else 1
+
+
+def run_upstream(cfg: Config, run_dir: Path, display: Display, forced: set[str] | None = None,
+                 needs_synthetic: bool = True, state: State | None = None) -> UpstreamKeys:
+    """Run (or find cached) data, and finetune -> generate -> quality when a synthetic policy needs them."""
+    forced = forced or set()
+    state = state or State(run_dir)
+    keys = upstream_keys(cfg)
+    calls: dict[str, Callable[[], Any]] = {
+        "data": lambda: _data_stage(cfg, run_dir),
+        "finetune": lambda: stage_fn("finetune")(cfg, run_dir),
+        "generate": lambda: stage_fn("generate")(cfg, run_dir),
+        "quality": lambda: stage_fn("quality")(cfg, run_dir),
+    }
+    for name in UPSTREAM_STAGES[: upstream_stage_count(needs_synthetic)]:
+        run_stage(state, display, name, keys.get(name), INPUTS[name], OUTPUTS[name], calls[name], name in forced)
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def plan_units(cfg: Config, keys: UpstreamKeys) -> list[tuple[str, int, str, bool]]:
+    """(policy, seed, train key, synthetic?) for every policy x seed of ``cfg.run``."""
+    if not cfg.run.policies:
+        raise UserError("run.policies is empty: name at least one policy (e.g. real_only: {mix.policy: real_only})")
+    if not cfg.run.seeds:
+        raise UserError("run.seeds is empty: give at least one seed")
+    units = []
+    for name in cfg.run.policies:
+        pcfg = resolve_policy(cfg, name)
+        for seed in cfg.run.seeds:
+            units.append((name, int(seed), train_key(pcfg, seed, keys), is_synthetic(pcfg)))
+    return units
+
+
+def _retire_orphans(state: State, units: list[tuple[str, int, str, bool]]) -> None:
+    """Move classifier folders of policies / seeds no longer configured out of the way (and drop their records)."""
+    wanted = {(p, f"seed{s}") for p, s, _, _ in units}
+    policies = {p for p, _ in wanted}
+    root = state.run_dir / "classifiers"
+    if root.is_dir():
+        for pdir in sorted(root.iterdir()):
+            if not pdir.is_dir():
+                continue
+            if pdir.name not in policies:
+                state.move_aside(f"classifiers/{pdir.name}", "orphan")
+                continue
+            for sdir in sorted(pdir.iterdir()):
+                if sdir.is_dir() and sdir.name.startswith("seed") and (pdir.name, sdir.name) not in wanted:
+                    state.move_aside(f"classifiers/{pdir.name}/{sdir.name}", "orphan")
+    names = {f"train/{p}/{s}" for p, s in wanted}
+    for name in [n for n in state.records if n.startswith("train/") and n not in names]:
+        state.drop(name)
+
+
+def _evaluate(run_dir: Path) -> None:
+    evaluate = stage_fn("evaluate")
+    atomic_write_text(run_dir / EVALUATION_TXT, str(evaluate(run_dir)).rstrip() + "\n")
+    atomic_write_text(run_dir / EVALUATION_JSON, str(evaluate(run_dir, as_json=True)).rstrip() + "\n")
+
+
+def run_pipeline(cfg: Config, run_dir: str | Path, force: list[str] | None = None,
+                 live: bool | None = None) -> Path:
+    """Run every stage that is not cached; returns the path of ``RUN_DIR/report.html``."""
+    run_dir = Path(run_dir)
+    forced = parse_force(force)
+    keys = upstream_keys(cfg)
+    units = plan_units(cfg, keys)  # validates policies before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, run_dir)
+    if (run_dir / "pipeline").is_dir():
+        remove_stale_temps(run_dir / "pipeline")
+    state = State(run_dir)
+    needs_synth = any(u[3] for u in units)
+    total = upstream_stage_count(needs_synth) + len(units) + 2
+    with Display(total, "synthmed run", live=live) as display:
+        if not needs_synth and forced & {"finetune", "generate", "quality"}:
+            display.log("no synthetic policy in run.policies: finetune/generate/quality are not needed")
+        run_upstream(cfg, run_dir, display, forced, needs_synth, state)
+        _retire_orphans(state, units)
+        train = stage_fn("train")
+        for policy, seed, key, synth in units:
+            name = f"train/{policy}/seed{seed}"
+            run_stage(state, display, name, key, ["quality" if synth else "data"],
+                      [f"classifiers/{policy}/seed{seed}"],
+                      lambda p=policy, s=seed: train(cfg, run_dir, policies=[p], seeds=[s]),
+                      forced="train" in forced)
+        train_names = [f"train/{p}/seed{s}" for p, s, _, _ in units]
+        eval_key = digest({"stage": "evaluate", "units": sorted((f"{p}/{s}", k) for p, s, k, _ in units)})
+        run_stage(state, display, "evaluate", eval_key, train_names, [EVALUATION_TXT, EVALUATION_JSON],
+                  lambda: _evaluate(run_dir), "evaluate" in forced)
+        report_key = digest({"stage": "report", "v": REPORT_VERSION, "eval": eval_key,
+                             "up": keys.quality if needs_synth else keys.data, "cfg": cfg.model_dump(mode="json")})
+        report_path = run_dir / "report.html"
+        run_stage(state, display, "report", report_key, ["evaluate"], ["report.html", "report"],
+                  lambda: stage_fn("report")(run_dir), "report" in forced)
+        display.finish()
+    if not cfg.run.keep_stale:
+        state.purge_stale()
+    table = run_dir / EVALUATION_TXT
+    if table.is_file():
+        print(table.read_text(encoding="utf-8").rstrip())
+    return report_path

@@ -1,0 +1,276 @@
+"""Gather what a run directory holds for the report; every reader tolerates a missing or odd file.
+
+Each ``load_*`` returns ``None`` (or an empty container) when its source is absent, so the report can say plainly
+which section is not available instead of crashing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PRIMARY = "balanced_accuracy"
+METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "auc_macro_ovr")
+PACKAGES = ("synthmed", "torch", "torchvision", "numpy", "diffusers", "transformers", "scikit-learn", "pandas",
+            "matplotlib", "pydantic")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def as_float(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, int]:
+    """Mean and Student-t confidence interval (NaN bounds for fewer than two finite values)."""
+    vals = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    m = float(vals.mean())
+    if n < 2:
+        return m, math.nan, math.nan, n
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * vals.std(ddof=1) / math.sqrt(n))
+    return m, m - half, m + half, n
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
+    """Mean of a - b over the seeds both have, with its 95% CI."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    m, lo, hi, n = mean_ci(diffs)
+    return {"mean": m, "lo": lo, "hi": hi, "n": n, "seeds": seeds}
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def load_config(run_dir: Path) -> tuple[dict[str, Any] | None, Any]:
+    """The raw resolved config dict and (when it validates) the typed ``Config``."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None, None
+    try:
+        from synthmed.config import validate
+
+        return raw, validate(raw)
+    except Exception:  # noqa: BLE001 - an old or foreign config still shows as text
+        return raw, None
+
+
+def policy_kinds(cfg: Any, names: list[str]) -> dict[str, str]:
+    """``synthetic`` / ``classical`` / ``real_only`` for every policy name (guessing from the name if unknown)."""
+    out = {}
+    for name in names:
+        kind = None
+        if cfg is not None and name in cfg.run.policies:
+            try:
+                from synthmed.pipeline.keys import policy_kind, resolve_policy
+
+                kind = policy_kind(resolve_policy(cfg, name))
+            except Exception:  # noqa: BLE001
+                kind = None
+        out[name] = kind or ("real_only" if name == "real_only" else "unknown")
+    return out
+
+
+def load_data_summary(run_dir: Path) -> dict[str, Any] | None:
+    summary = read_json(run_dir / "pipeline" / "data_summary.json")
+    if isinstance(summary, dict):
+        return summary
+    split = run_dir / "data" / "split.csv"
+    if not split.is_file():
+        return None
+    counts: dict[str, dict[str, int]] = {}
+    with open(split, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            s = str(row.get("split", "?"))
+            label = str(row.get("class_name") or row.get("label", "?"))
+            counts.setdefault(s, {})
+            counts[s][label] = counts[s].get(label, 0) + 1
+    classes = sorted({c for per in counts.values() for c in per})
+    return {"classes": classes, "splits": {s: {"total": sum(per.values()), "per_class": [per.get(c, 0) for c in classes]}
+                                           for s, per in counts.items()}, "source": "split.csv"}
+
+
+def test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The real-test block of a metrics.json (``test`` sub-dict when present, else the top level)."""
+    for key in ("test", "test_metrics"):
+        if isinstance(metrics.get(key), dict):
+            return metrics[key]
+    return metrics
+
+
+@dataclass
+class ClassifierRuns:
+    """Per policy, per seed: test metrics, and the confusion matrix when available."""
+
+    metrics: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    confusion: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+
+    def values(self, policy: str, metric: str = PRIMARY) -> dict[int, float]:
+        return {s: as_float(m.get(metric)) for s, m in self.metrics.get(policy, {}).items()}
+
+    def summary(self, policy: str, metric: str = PRIMARY) -> tuple[float, float, float, int]:
+        return mean_ci(list(self.values(policy, metric).values()))
+
+
+def _confusion(seed_dir: Path, metrics: dict[str, Any]) -> np.ndarray | None:
+    if isinstance(metrics.get("confusion"), list):
+        try:
+            return np.asarray(metrics["confusion"], dtype=float)
+        except ValueError:
+            pass
+    path = seed_dir / "confusion.csv"
+    if path.is_file():
+        try:
+            import pandas as pd
+
+            df = pd.read_csv(path, index_col=0)
+            return df.select_dtypes("number").to_numpy(dtype=float)
+        except Exception:  # noqa: BLE001
+            return None
+    return None
+
+
+def load_classifiers(run_dir: Path) -> ClassifierRuns:
+    runs = ClassifierRuns()
+    root = run_dir / "classifiers"
+    if not root.is_dir():
+        return runs
+    for pdir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for sdir in sorted(pdir.glob("seed*")):
+            raw = read_json(sdir / "metrics.json")
+            try:
+                seed = int(sdir.name[4:])
+            except ValueError:
+                continue
+            if not isinstance(raw, dict):
+                continue
+            m = test_metrics(raw)
+            runs.metrics.setdefault(pdir.name, {})[seed] = m
+            cm = _confusion(sdir, m) if "confusion" in m else _confusion(sdir, raw)
+            if cm is not None and cm.ndim == 2:
+                runs.confusion.setdefault(pdir.name, {})[seed] = cm
+    return runs
+
+
+def per_class_recall(metrics: dict[str, Any], classes: list[str]) -> list[float]:
+    value = metrics.get("per_class_recall")
+    if isinstance(value, dict):
+        return [as_float(value.get(c)) for c in classes]
+    if isinstance(value, list):
+        return [as_float(v) for v in value][: len(classes)]
+    return []
+
+
+def headline(runs: ClassifierRuns, kinds: dict[str, str], metric: str = PRIMARY) -> dict[str, Any] | None:
+    """Best synthetic policy vs real-only vs best classical baseline, with paired differences."""
+    if not runs.metrics:
+        return None
+
+    def best(kind: str) -> str | None:
+        cands = [p for p in runs.metrics if kinds.get(p) == kind]
+        scored = [(runs.summary(p, metric)[0], p) for p in cands]
+        scored = [(m, p) for m, p in scored if math.isfinite(m)]
+        return max(scored)[1] if scored else None
+
+    picks = {"best synthetic": best("synthetic"), "real only": best("real_only"), "best classical": best("classical")}
+    rows = []
+    for role, policy in picks.items():
+        if policy is None:
+            continue
+        m, lo, hi, n = runs.summary(policy, metric)
+        rows.append({"role": role, "policy": policy, "mean": m, "lo": lo, "hi": hi, "n": n})
+    diffs = []
+    syn = picks["best synthetic"]
+    for other in ("real only", "best classical"):
+        if syn and picks[other]:
+            d = paired_difference(runs.values(syn, metric), runs.values(picks[other], metric))
+            diffs.append({"a": syn, "b": picks[other], "role": other, **d})
+    return {"metric": metric, "rows": rows, "diffs": diffs}
+
+
+def load_results(run_dir: Path) -> Any:
+    """``RUN_DIR/results.csv`` of a sweep as a DataFrame (None when absent or unreadable)."""
+    path = run_dir / "results.csv"
+    if not path.is_file():
+        return None
+    try:
+        import pandas as pd
+
+        df = pd.read_csv(path)
+    except Exception:  # noqa: BLE001
+        return None
+    return df if len(df) else None
+
+
+def load_real_samples(run_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    path = run_dir / "pipeline" / "real_samples.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["images"], z["labels"], [str(c) for c in z["classes"]]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def load_synthetic_samples(run_dir: Path, per_class: int = 8) -> dict[int, list[np.ndarray]]:
+    """Up to ``per_class`` kept synthetic images per class index."""
+    out: dict[int, list[np.ndarray]] = {}
+    try:
+        from PIL import Image
+
+        from synthmed.synthetic.dataset import SyntheticSet
+
+        sset = SyntheticSet(run_dir)
+        if not sset.exists():
+            return out
+        for row in sset.read_manifest():
+            lst = out.setdefault(int(row["label"]), [])
+            if not row["kept"] or len(lst) >= per_class:
+                continue
+            with Image.open(sset.abspath(row["path"])) as im:
+                arr = np.asarray(im)
+            lst.append(arr[:, :, None] if arr.ndim == 2 else arr)
+    except Exception:  # noqa: BLE001 - a damaged set only loses the sample grid
+        return out
+    return out
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

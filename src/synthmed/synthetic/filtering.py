@@ -1,0 +1,122 @@
+"""The filter's decisions: pure functions on arrays and manifest rows (no I/O, files are never deleted).
+
+An image is dropped, with the first reason that applies, when it is
+1. ``memorized_copy``: flagged by the memorization audit (``filter.drop_copies``);
+2. ``low_confidence``: a classifier trained on real data gives its intended class a probability < ``min_confidence``;
+3. ``near_duplicate``: it lies within the duplicate threshold of an earlier (by id) image of the same class that is
+   still kept (``filter.drop_near_duplicates``). Duplicates are resolved among survivors of 1-2, so a good image is
+   never dropped because its twin was bad.
+With ``filter.enabled: false`` every image is kept; confidences are still recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+REASON_COPY = "memorized_copy"
+REASON_LOW_CONFIDENCE = "low_confidence"
+REASON_DUPLICATE = "near_duplicate"
+REASONS = (REASON_COPY, REASON_LOW_CONFIDENCE, REASON_DUPLICATE)
+
+
+@dataclass
+class FilterResult:
+    """Per-image decisions, aligned with the inputs."""
+
+    kept: np.ndarray
+    reasons: list[str]
+    duplicate_of: list[str | None]
+    vetted: bool
+
+
+def intended_confidence(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Probability the classifier gives each image's intended class."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, np.int64)
+    return probs[np.arange(len(labels)), labels] if len(labels) else np.zeros(0)
+
+
+def duplicate_pairs(vectors: np.ndarray, members: np.ndarray, threshold: float, chunk: int = 512) -> list[tuple[int, int]]:
+    """Pairs (i, j), i < j, among ``members`` (indices into ``vectors``) whose Euclidean distance <= threshold."""
+    x = np.asarray(vectors, np.float64)[members]
+    sq = (x * x).sum(1)
+    pairs: list[tuple[int, int]] = []
+    for s in range(0, len(x), chunk):
+        d2 = sq[s : s + chunk, None] + sq[None, :] - 2.0 * x[s : s + chunk] @ x.T
+        rows, cols = np.nonzero(d2 <= threshold * threshold + 1e-9)
+        for r, c in zip((rows + s).tolist(), cols.tolist()):
+            if r < c and np.sqrt(((x[r] - x[c]) ** 2).sum()) <= threshold:
+                pairs.append((int(members[r]), int(members[c])))
+    return pairs
+
+
+def decide(
+    ids: Sequence[str], labels: np.ndarray, confidences: np.ndarray, filter_cfg: Any,
+    copy_flags: np.ndarray | None = None, dup_vectors: np.ndarray | None = None, dup_threshold: float | None = None,
+) -> FilterResult:
+    """Keep/drop each image (see the module docstring); ``dup_vectors`` are pixel or feature vectors."""
+    n = len(ids)
+    labels = np.asarray(labels, np.int64)
+    conf = np.asarray(confidences, np.float64)
+    if not (len(labels) == len(conf) == n):
+        raise ValueError("ids, labels and confidences differ in length")
+    reasons = [""] * n
+    dup_of: list[str | None] = [None] * n
+    if not filter_cfg.enabled:
+        return FilterResult(np.ones(n, bool), reasons, dup_of, vetted=False)
+    if filter_cfg.drop_copies and copy_flags is not None:
+        for i in np.flatnonzero(np.asarray(copy_flags, bool)):
+            reasons[i] = REASON_COPY
+    for i in np.flatnonzero(conf < filter_cfg.min_confidence):
+        reasons[i] = reasons[i] or REASON_LOW_CONFIDENCE
+    if filter_cfg.drop_near_duplicates and dup_vectors is not None and dup_threshold is not None:
+        order = sorted(range(n), key=lambda i: ids[i])
+        rank = {i: r for r, i in enumerate(order)}
+        for c in np.unique(labels):
+            members = np.asarray([i for i in order if labels[i] == c and not reasons[i]], np.int64)
+            if len(members) < 2:
+                continue
+            neighbours: dict[int, list[int]] = {}
+            for a, b in duplicate_pairs(dup_vectors, members, dup_threshold):
+                first, later = (a, b) if rank[a] < rank[b] else (b, a)
+                neighbours.setdefault(later, []).append(first)
+            for i in members.tolist():  # id order: the first of a group is kept
+                earlier = [j for j in neighbours.get(i, []) if not reasons[j]]
+                if earlier:
+                    reasons[i] = REASON_DUPLICATE
+                    dup_of[i] = ids[min(earlier, key=lambda j: rank[j])]
+    kept = np.asarray([not r for r in reasons], bool)
+    return FilterResult(kept, reasons, dup_of, vetted=True)
+
+
+def apply_to_manifest(rows: Sequence[dict[str, Any]], result: FilterResult, confidences: np.ndarray) -> list[dict[str, Any]]:
+    """Copies of the manifest rows with ``kept``, ``filter_reason`` and ``confidence`` set (rows aligned by position)."""
+    if len(rows) != len(result.kept):
+        raise ValueError("manifest rows and filter decisions differ in length")
+    out = []
+    for row, kept, reason, conf in zip(rows, result.kept.tolist(), result.reasons, np.asarray(confidences).tolist()):
+        new = dict(row)
+        new["kept"] = "true" if kept else "false"
+        new["filter_reason"] = reason
+        new["confidence"] = f"{conf:.6f}"
+        out.append(new)
+    return out
+
+
+def filter_stats(labels: np.ndarray, result: FilterResult, classes: Sequence[str]) -> dict[str, Any]:
+    """Generated / kept / dropped-per-reason counts, per class and overall."""
+    labels = np.asarray(labels, np.int64)
+
+    def count(mask: np.ndarray) -> dict[str, Any]:
+        reasons = [r for r, m in zip(result.reasons, mask.tolist()) if m]
+        n = int(mask.sum())
+        kept = int(result.kept[mask].sum())
+        return {"generated": n, "kept": kept, "kept_fraction": kept / n if n else None,
+                "dropped": {r: reasons.count(r) for r in REASONS}}
+
+    return {"vetted": result.vetted, "overall": count(np.ones(len(labels), bool)),
+            "per_class": {name: count(labels == c) for c, name in enumerate(classes)}}

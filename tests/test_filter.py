@@ -1,0 +1,78 @@
+"""Filter decisions: confidence threshold, near-duplicates (first by id kept), copies, disabled."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from synthmed.synthetic import filtering
+from synthmed.synthetic.config import FilterConfig
+
+
+def _ids(n: int) -> list[str]:
+    return [f"c00_{i:06d}" for i in range(n)]
+
+
+def test_confidence_threshold() -> None:
+    cfg = FilterConfig(min_confidence=0.6)
+    conf = np.array([0.9, 0.6, 0.59, 0.1])
+    r = filtering.decide(_ids(4), np.zeros(4), conf, cfg)
+    assert r.kept.tolist() == [True, True, False, False]
+    assert r.reasons == ["", "", "low_confidence", "low_confidence"] and r.vetted
+
+
+def test_intended_confidence_picks_the_label_column() -> None:
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.4, 0.6]])
+    assert filtering.intended_confidence(probs, np.array([0, 0, 1])).tolist() == [0.7, 0.2, 0.6]
+
+
+def test_near_duplicates_keep_first_by_id_within_class() -> None:
+    vec = np.array([[0.0, 0.0], [0.0, 0.05], [5.0, 5.0], [0.0, 0.02], [0.0, 0.01]])
+    labels = np.array([0, 0, 0, 0, 1])  # the last one is a duplicate in position but of another class
+    ids = ["c00_000003", "c00_000001", "c00_000002", "c00_000000", "c01_000000"]
+    r = filtering.decide(ids, labels, np.ones(5), FilterConfig(), dup_vectors=vec, dup_threshold=0.1)
+    # by id order c00_000000 (index 3) comes first: it is kept and indices 0 and 1 are its duplicates
+    assert r.kept.tolist() == [False, False, True, True, True]
+    assert r.reasons[:2] == ["near_duplicate", "near_duplicate"] and r.duplicate_of[0] == "c00_000000"
+
+
+def test_duplicates_resolved_among_survivors_only() -> None:
+    vec = np.zeros((2, 3))
+    conf = np.array([0.1, 0.9])  # the first twin has low confidence: the second must survive
+    r = filtering.decide(_ids(2), np.zeros(2), conf, FilterConfig(), dup_vectors=vec, dup_threshold=0.5)
+    assert r.kept.tolist() == [False, True] and r.reasons == ["low_confidence", ""]
+
+
+def test_copies_dropped_first_and_switches() -> None:
+    flags = np.array([True, False, False])
+    conf = np.array([0.1, 0.9, 0.9])
+    r = filtering.decide(_ids(3), np.zeros(3), conf, FilterConfig(), copy_flags=flags)
+    assert r.reasons == ["memorized_copy", "", ""]
+    r = filtering.decide(_ids(3), np.zeros(3), conf, FilterConfig(drop_copies=False), copy_flags=flags)
+    assert r.reasons == ["low_confidence", "", ""]
+    vec = np.zeros((3, 2))
+    r = filtering.decide(_ids(3), np.zeros(3), np.ones(3), FilterConfig(drop_near_duplicates=False),
+                         dup_vectors=vec, dup_threshold=1.0)
+    assert r.kept.all()
+
+
+def test_disabled_keeps_everything_but_records_confidence() -> None:
+    conf = np.array([0.01, 0.99])
+    r = filtering.decide(_ids(2), np.zeros(2), conf, FilterConfig(enabled=False), copy_flags=np.array([True, True]),
+                         dup_vectors=np.zeros((2, 2)), dup_threshold=1.0)
+    assert r.kept.all() and not r.vetted and r.reasons == ["", ""]
+    rows = filtering.apply_to_manifest([{"id": "a", "kept": True}, {"id": "b", "kept": False}], r, conf)
+    assert [x["kept"] for x in rows] == ["true", "true"] and rows[0]["confidence"] == "0.010000"
+
+
+def test_manifest_rows_and_stats() -> None:
+    conf = np.array([0.9, 0.2, 0.8])
+    labels = np.array([0, 0, 1])
+    r = filtering.decide(_ids(3), labels, conf, FilterConfig())
+    original = [{"id": str(i), "kept": True, "prompt": "p"} for i in range(3)]
+    rows = filtering.apply_to_manifest(original, r, conf)
+    assert [x["kept"] for x in rows] == ["true", "false", "true"] and rows[1]["filter_reason"] == "low_confidence"
+    assert original[1]["kept"] is True and rows[0]["prompt"] == "p"  # inputs untouched, other columns kept
+    s = filtering.filter_stats(labels, r, ["a", "b"])
+    assert s["overall"] == {"generated": 3, "kept": 2, "kept_fraction": 2 / 3,
+                            "dropped": {"memorized_copy": 0, "low_confidence": 1, "near_duplicate": 0}}
+    assert s["per_class"]["a"]["kept"] == 1 and s["vetted"] is True
