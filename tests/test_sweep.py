@@ -91,3 +91,16 @@ def test_bad_input(tmp_path: Path) -> None:
         expand_grid(sweep_cfg({"mix.ratio": []}), tmp_path)
     with pytest.raises(UserError, match="workers"):
         run_sweep(sweep_cfg(GRID), tmp_path / "r", workers=0)
+
+
+def test_sweep_reuses_classifiers_of_run(tmp_path: Path, fake_log: Path) -> None:  # noqa: F811
+    from synthmed.pipeline.run import run_pipeline
+
+    run = tmp_path / "run"
+    cfg = sweep_cfg({"mix.ratio": [0.5, 1.0]})  # the run's `ratio` policy has mix.ratio 0.5
+    run_pipeline(cfg, run, live=False)
+    calls(fake_log)
+    run_sweep(cfg, run, live=False)
+    trained = [x for x in calls(fake_log) if x.startswith("train")]
+    assert len(trained) == 1 and "ratio=1.0" in trained[0]
+    assert len(pd.read_csv(run / "results.csv")) == 2

@@ -232,7 +232,8 @@ def _accelerator(device: torch.device, precision: str) -> Any:
 def _chunks(order: np.ndarray, size: int) -> list[np.ndarray]:
     parts = [order[i:i + size] for i in range(0, len(order), size)]
     if len(parts) > 1 and len(parts[-1]) == 1:  # a batch of one breaks BatchNorm: merge it into the previous one
-        parts[-2] = np.concatenate([parts[-2], parts.pop()])
+        last = parts.pop()
+        parts[-1] = np.concatenate([parts[-1], last])
     return parts
 
 

@@ -69,13 +69,15 @@ def resolve_policy(cfg: Config, name: str) -> Config:
 
 
 def is_synthetic(policy_cfg: Config) -> bool:
-    """Whether a resolved policy uses synthetic images (and so needs finetune, generate and quality)."""
-    return policy_cfg.mix.policy != "real_only"
+    """Whether a resolved policy trains on synthetic images (and so needs finetune, generate and quality)."""
+    from synthmed.classifiers.mixing import needs_synthetic
+
+    return bool(needs_synthetic(policy_cfg.mix))
 
 
 def policy_kind(policy_cfg: Config) -> str:
     """``synthetic``, ``classical`` (an imbalance baseline on real images) or ``real_only``."""
-    if is_synthetic(policy_cfg):
+    if policy_cfg.mix.policy != "real_only":  # as `synthmed evaluate` classifies runs
         return "synthetic"
     return "classical" if policy_cfg.imbalance.method != "none" else "real_only"
 

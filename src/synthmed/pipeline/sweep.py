@@ -147,17 +147,25 @@ def write_rows(path: Path, rows: list[dict[str, Any]], grid_keys: list[str]) -> 
     atomic_write_csv(path, rows, cols + extra)
 
 
-def flatten_metrics(metrics: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, Any]:
-    """Scalars of a metrics dict, nested dicts as ``a.b`` (lists of numbers as ``a.0``, ``a.1`` ...)."""
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, bool) or isinstance(v, (int, float, str)) or v is None:
-            out[name] = v
-        elif isinstance(v, dict) and depth < 2:
-            out.update(flatten_metrics(v, name + ".", depth + 1))
-        elif isinstance(v, list) and depth < 2 and all(isinstance(x, (int, float)) for x in v) and len(v) <= 64:
-            out.update({f"{name}.{i}": x for i, x in enumerate(v)})
+SKIP_METRICS = {"overrides", "mix", "imbalance", "classes", "history", "val", "warnings", "confusion"}
+
+
+def metrics_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalars of a metrics.json: top-level ones, ``test.*`` ones not already there, ``recall.<class>``."""
+    out = {k: v for k, v in metrics.items()
+           if k not in SKIP_METRICS and (v is None or isinstance(v, (bool, int, float, str)))}
+    test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
+    out.update({f"test.{k}": v for k, v in test.items()
+                if k not in out and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    recall = test.get("per_class_recall", metrics.get("per_class_recall"))
+    classes = metrics.get("classes") or []
+    if isinstance(recall, dict):
+        out.update({f"recall.{c}": v for c, v in recall.items()})
+    elif isinstance(recall, list):
+        out.update({f"recall.{classes[i] if i < len(classes) else i}": v for i, v in enumerate(recall)})
+    for key in ("train_real_per_class", "train_synthetic_per_class"):
+        if isinstance(metrics.get(key), list):
+            out[key] = json.dumps(metrics[key])
     return out
 
 
@@ -168,7 +176,7 @@ def _result_row(unit: Unit, point_dir: Path, returned: list[dict[str, Any]] | No
         metrics = json.loads(mpath.read_text(encoding="utf-8"))
     elif returned:
         metrics = dict(returned[0])
-    row = {k: v for k, v in flatten_metrics(metrics).items() if k not in ID_COLUMNS}
+    row = {k: v for k, v in metrics_row(metrics).items() if k not in ID_COLUMNS}
     row.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in unit.point.values.items()})
     row.update(point=unit.point.pid, policy=unit.policy, kind=unit.kind, seed=unit.seed, train_key=unit.key)
     return row
@@ -235,15 +243,25 @@ def run_sweep(cfg: Config, run_dir: str | Path, workers: int = 1, shard: tuple[i
 
     _retire_rows(run_dir, current, grid_keys)
     done = merged()
-    todo = [u for i, u in enumerate(units) if (shard is None or i % shard[1] == shard[0]) and u.key not in done]
     own_rows = {r["train_key"]: r for r in read_rows(own) if r.get("train_key") in current} if shard else dict(done)
+    mine = [u for i, u in enumerate(units) if (shard is None or i % shard[1] == shard[0]) and u.key not in done]
+    todo = []
+    run_state = State(run_dir)
+    for u in mine:  # a classifier `synthmed run` already trained with the same key is reused, not retrained
+        if run_state.status(u.name, u.key) == "done" and (run_dir / "classifiers" / u.policy / f"seed{u.seed}"
+                                                         / "metrics.json").is_file():
+            own_rows[u.key] = _result_row(u, run_dir, None)
+        else:
+            todo.append(u)
+    if len(todo) < len(mine):
+        write_rows(own, list(own_rows.values()), grid_keys)
     groups: dict[Path, tuple[Config, bool]] = {}
     for u in todo:
         cfg_u, synth = groups.get(u.point.upstream_dir, (u.point.upstream_cfg, False))
         groups[u.point.upstream_dir] = (cfg_u, synth or u.synthetic)
     total = sum(upstream_stage_count(s) for _, s in groups.values()) + len(todo)
     with Display(total, "synthmed sweep", live=live) as display:
-        display.log(f"{len(units)} classifier(s) in the grid, {len(done)} already have results, {len(todo)} to train"
+        display.log(f"{len(units)} classifier(s) in the grid, {len(units) - len(todo)} already trained, {len(todo)} to train"
                     + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
         for udir, (ucfg, synth) in groups.items():
             udir.mkdir(parents=True, exist_ok=True)

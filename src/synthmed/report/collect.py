@@ -42,25 +42,23 @@ def as_float(value: Any) -> float:
 
 def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, int]:
     """Mean and Student-t confidence interval (NaN bounds for fewer than two finite values)."""
-    vals = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
-    n = len(vals)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    m = float(vals.mean())
-    if n < 2:
-        return m, math.nan, math.nan, n
-    from scipy import stats
+    from synthmed.metrics.stats import summarize
 
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * vals.std(ddof=1) / math.sqrt(n))
-    return m, m - half, m + half, n
+    s = summarize([as_float(v) for v in values], level)
+    nan = math.nan
+    return (nan if s["mean"] is None else s["mean"], nan if s["ci_low"] is None else s["ci_low"],
+            nan if s["ci_high"] is None else s["ci_high"], int(s["n"]))
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
-    """Mean of a - b over the seeds both have, with its 95% CI."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [a[s] - b[s] for s in seeds]
-    m, lo, hi, n = mean_ci(diffs)
-    return {"mean": m, "lo": lo, "hi": hi, "n": n, "seeds": seeds}
+    """Mean of a - b over the seeds both have, with its 95% CI and paired t-test p (``metrics.stats``)."""
+    from synthmed.metrics.stats import paired_difference as _paired
+
+    d = _paired({s: as_float(v) for s, v in a.items()}, {s: as_float(v) for s, v in b.items()})
+    nan = math.nan
+    return {"mean": nan if d["mean"] is None else d["mean"], "lo": nan if d["ci_low"] is None else d["ci_low"],
+            "hi": nan if d["ci_high"] is None else d["ci_high"], "n": int(d["n"]), "seeds": d.get("seeds", []),
+            "p": d.get("p_value")}
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -81,22 +79,6 @@ def load_config(run_dir: Path) -> tuple[dict[str, Any] | None, Any]:
         return raw, validate(raw)
     except Exception:  # noqa: BLE001 - an old or foreign config still shows as text
         return raw, None
-
-
-def policy_kinds(cfg: Any, names: list[str]) -> dict[str, str]:
-    """``synthetic`` / ``classical`` / ``real_only`` for every policy name (guessing from the name if unknown)."""
-    out = {}
-    for name in names:
-        kind = None
-        if cfg is not None and name in cfg.run.policies:
-            try:
-                from synthmed.pipeline.keys import policy_kind, resolve_policy
-
-                kind = policy_kind(resolve_policy(cfg, name))
-            except Exception:  # noqa: BLE001
-                kind = None
-        out[name] = kind or ("real_only" if name == "real_only" else "unknown")
-    return out
 
 
 def load_data_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -131,6 +113,7 @@ class ClassifierRuns:
     """Per policy, per seed: test metrics, and the confusion matrix when available."""
 
     metrics: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    raw: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     confusion: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
 
     def values(self, policy: str, metric: str = PRIMARY) -> dict[int, float]:
@@ -173,11 +156,34 @@ def load_classifiers(run_dir: Path) -> ClassifierRuns:
             if not isinstance(raw, dict):
                 continue
             m = test_metrics(raw)
+            runs.raw.setdefault(pdir.name, {})[seed] = raw
             runs.metrics.setdefault(pdir.name, {})[seed] = m
             cm = _confusion(sdir, m) if "confusion" in m else _confusion(sdir, raw)
             if cm is not None and cm.ndim == 2:
                 runs.confusion.setdefault(pdir.name, {})[seed] = cm
     return runs
+
+
+def policy_kinds(cfg: Any, names: list[str], runs: ClassifierRuns | None = None) -> dict[str, str]:
+    """``synthetic`` / ``classical`` / ``real_only`` per policy: from what its metrics.json says was trained (as
+    ``synthmed evaluate`` does), else from the config, else ``real_only`` by name or ``unknown``."""
+    out = {}
+    for name in names:
+        kind = None
+        first = next(iter((runs.raw.get(name) or {}).values()), None) if runs is not None else None
+        if isinstance(first, dict) and isinstance(first.get("mix"), dict):
+            mix = first["mix"].get("policy", "real_only")
+            method = (first.get("imbalance") or {}).get("method", "none")
+            kind = "synthetic" if mix != "real_only" else ("classical" if method != "none" else "real_only")
+        elif cfg is not None and name in cfg.run.policies:
+            try:
+                from synthmed.pipeline.keys import policy_kind, resolve_policy
+
+                kind = policy_kind(resolve_policy(cfg, name))
+            except Exception:  # noqa: BLE001
+                kind = None
+        out[name] = kind or ("real_only" if name == "real_only" else "unknown")
+    return out
 
 
 def per_class_recall(metrics: dict[str, Any], classes: list[str]) -> list[float]:

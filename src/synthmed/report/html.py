@@ -123,8 +123,9 @@ def _headline_section(runs: collect.ClassifierRuns, kinds: dict[str, str]) -> st
             verdict = "synthetic better"
         elif math.isfinite(d["hi"]) and d["hi"] < 0:
             verdict = "synthetic worse"
+        p = f", paired t-test p = {d['p']:.3g}" if isinstance(d.get("p"), float) else ""
         body += (f"<p>Paired difference {escape(d['a'])} − {escape(d['b'])} ({escape(d['role'])}): "
-                 f"<b>{_ci(d['mean'], d['lo'], d['hi'], d['n'])}</b> over {d['n']} shared seed(s): {verdict}.</p>")
+                 f"<b>{_ci(d['mean'], d['lo'], d['hi'], d['n'])}</b> over {d['n']} shared seed(s){p}: {verdict}.</p>")
     if not any(r["role"] == "best synthetic" for r in head["rows"]):
         body += "<p class=note>No synthetic policy was trained.</p>"
     return body
@@ -298,7 +299,7 @@ def build_report(run_dir: str | Path) -> Path:
     runs = collect.load_classifiers(run_dir)
     df = collect.load_results(run_dir)
     names = list(runs.metrics) + ([str(p) for p in df["policy"].unique()] if df is not None and "policy" in df else [])
-    kinds = collect.policy_kinds(cfg, list(dict.fromkeys(names)))
+    kinds = collect.policy_kinds(cfg, list(dict.fromkeys(names)), runs)
     q = collect.read_json(run_dir / "quality" / "quality.json")
     classes = [str(c) for c in (summary or {}).get("classes", [])]
     if not classes and isinstance(q, dict):

@@ -1,0 +1,300 @@
+"""Training loop of the class-conditional DDPM: in-memory uint8 data, min-SNR loss, EMA with warm-up, AdamW +
+warm-up + cosine, exact resume from pickle-free checkpoints.
+
+Every random draw of the loop (batch indices, flips, noise, timesteps, label dropout) comes from one dedicated
+CPU ``torch.Generator`` whose state is checkpointed, so that an interrupted-then-resumed run on CPU ends with
+bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthmed.data.dataset import ImageSet
+from synthmed.errors import DataError, TrainingDivergedError, UserError
+from synthmed.generators import ddpm_state as st
+from synthmed.generators.config import DDPMConfig
+from synthmed.generators.ddpm import DDPMGenerator, ImagePolicy, build_unet, count_params, resolve_arch, to_model_range
+
+#: config keys that do not change the training trajectory (left out of the checkpoint fingerprint)
+NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard")
+
+
+class SimulatedInterrupt(RuntimeError):
+    """Raised by ``train_ddpm(stop_after=k)`` (tests / benchmarks simulate a crash)."""
+
+
+def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32). ``auto``: bf16 on CUDA when supported else fp16; on CPU bf16 only where
+    oneDNN has native bf16 (AVX512-BF16 / AMX): on AVX2-only CPUs bf16 autocast is ~40x slower than fp32."""
+    if setting == "no":
+        return None
+    if device.type == "cuda":
+        if setting == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if setting == "bf16" else torch.float16
+    if setting == "fp16":
+        raise UserError("generator.ddpm.mixed_precision=fp16 needs a CUDA device (use bf16 or no on CPU)")
+    if setting == "auto":
+        try:
+            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native = False
+        return torch.bfloat16 if native else None
+    return torch.bfloat16
+
+
+def make_accelerator(device: str = "auto") -> Any:
+    """An ``accelerate.Accelerator`` for placement and DDP; mixed precision is handled by our own autocast."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} but CUDA is not available")
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(int(device.split(":", 1)[1]))
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(True)  # one process: allow a new device setting in the same interpreter
+    return Accelerator(cpu=cpu, mixed_precision="no")
+
+
+def fingerprint(cfg: DDPMConfig, seed: int, train: ImageSet, world: int) -> str:
+    """What a checkpoint must match to be resumed: trajectory config, seed, training images, world size."""
+    d = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_TRAJECTORY_KEYS}
+    h = hashlib.sha256(json.dumps({"cfg": d, "seed": seed, "world": world}, sort_keys=True).encode())
+    h.update(np.asarray(train.labels, np.int64).tobytes())
+    h.update(np.ascontiguousarray(train.images).tobytes())
+    return h.hexdigest()
+
+
+def compute_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
+                 snr_gamma: float | None, prediction_type: str) -> torch.Tensor:
+    """MSE, optionally min-SNR-gamma weighted (Hang et al. 2023), as in diffusers' training examples."""
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=snr_gamma)
+    weights = weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr.clamp(min=1e-8)
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weights).mean()
+
+
+@dataclass
+class TrainResult:
+    generator: DDPMGenerator
+    steps: int
+    resumed_from: int
+    n_params: int
+    precision: str
+
+
+def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DDPMConfig,
+           null_class: int, T: int) -> tuple[torch.Tensor, ...]:
+    """All random draws of one step, from ``g`` only, in a fixed order."""
+    n, b = len(data), cfg.batch_size
+    idx = torch.randint(n, (b,), generator=g)
+    x = data[idx]
+    y = labels[idx]
+    if cfg.hflip:
+        m = torch.rand(b, generator=g) < 0.5
+        x = torch.where(m[:, None, None, None], x.flip(3), x)
+    if cfg.vflip:
+        m = torch.rand(b, generator=g) < 0.5
+        x = torch.where(m[:, None, None, None], x.flip(2), x)
+    if cfg.rot90:
+        k = torch.randint(4, (b,), generator=g)
+        x = torch.stack([torch.rot90(xi, int(ki), dims=(1, 2)) for xi, ki in zip(x, k)])
+    noise = torch.randn(x.shape, generator=g)
+    t = torch.randint(T, (b,), generator=g)
+    if cfg.label_dropout > 0:
+        drop = torch.rand(b, generator=g) < cfg.label_dropout
+        y = torch.where(drop, torch.full_like(y, null_class), y)
+    return x, y, noise, t
+
+
+def train_ddpm(
+    cfg: DDPMConfig, train: ImageSet, classes: list[str], work_dir: Path, seed: int = 0, device: str = "auto",
+    stop_after: int | None = None, resume: bool = True, progress: bool = True,
+    loss_fn: Callable[..., torch.Tensor] = compute_loss,
+) -> TrainResult:
+    """Train (or resume) and return the EMA generator. Checkpoints go to ``work_dir/checkpoints``."""
+    from accelerate.utils import set_seed
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    if len(train) == 0:
+        raise DataError("no training images for the generator")
+    if train.labels.max() >= len(classes) or train.labels.min() < 0:
+        raise DataError("training labels out of range of the class list")
+    acc = make_accelerator(device)
+    dev, world, rank = acc.device, acc.num_processes, acc.process_index
+    amp = resolve_precision(cfg.mixed_precision, dev)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    arch = resolve_arch(cfg)
+    h, w = train.size
+    policy = ImagePolicy.for_data(h, w, train.channels, cfg, len(arch["block_out_channels"]))
+    null_class = len(classes)
+
+    set_seed(seed)
+    unet = build_unet(arch, train.channels, len(classes), policy.resolution)
+    n_params = count_params(unet)
+    noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                prediction_type=cfg.prediction_type)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    unet, opt = acc.prepare(unet, opt)
+    base = acc.unwrap_model(unet)
+    ema = EMAModel(base.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power)
+    ema.to(dev)
+    names = [n for n, _ in base.named_parameters()]
+    g = torch.Generator("cpu").manual_seed(int(seed) * 1000 + 7919 * rank + 1)
+
+    data = policy.pad_uint8(train.images)  # uint8 (N, C, R, R), stays in memory
+    labels = torch.as_tensor(train.labels, dtype=torch.long)
+    fp = fingerprint(cfg, seed, train, world)
+    ckpt_root = Path(work_dir) / "checkpoints"
+    step = 0
+    if acc.is_main_process:
+        st.clean_temp_checkpoints(ckpt_root)
+    acc.wait_for_everyone()
+    found = st.list_checkpoints(ckpt_root) if resume else []
+    if found:
+        step = _load_checkpoint(found[-1][1], fp, base, ema, names, opt, lr_sched, g, rank)
+    resumed_from = step
+
+    writer = _tensorboard(cfg, Path(work_dir)) if acc.is_main_process else None
+    bar = None
+    if progress and acc.is_main_process and step < cfg.steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="finetune ddpm", unit="step", dynamic_ncols=True, leave=False)
+    acs = noise_sched.alphas_cumprod.to(dev)
+    noise_sched.alphas_cumprod = acs
+    unet.train()
+    while step < cfg.steps:
+        x, y, noise, t = _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps)
+        x = to_model_range(x.to(dev, non_blocking=True))
+        noise, t, y = noise.to(dev), t.to(dev), y.to(dev)
+        noisy = noise_sched.add_noise(x, noise, t)
+        target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x, noise, t)
+        ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else torch.autocast(dev.type, enabled=False)
+        with ctx:
+            pred = unet(noisy, t, class_labels=y).sample
+        loss = loss_fn(pred, target, t, noise_sched, cfg.snr_gamma, cfg.prediction_type)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            last = st.list_checkpoints(ckpt_root)
+            keep = f"last good checkpoint: {last[-1][1]}" if last else "no checkpoint was written yet"
+            raise TrainingDivergedError(
+                f"generator loss became {value} at step {step + 1}; {keep}; lower generator.ddpm.lr or use "
+                f"mixed_precision=no")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            acc.backward(loss)
+        if cfg.grad_clip is not None:
+            acc.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        lr_sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(base.parameters())
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        if writer is not None:
+            writer.add_scalar("loss", value, step)
+            writer.add_scalar("lr", lr_sched.get_last_lr()[0], step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _save_checkpoint(acc, ckpt_root, step, fp, cfg, base, ema, names, opt, lr_sched, g)
+        if stop_after is not None and step >= stop_after and step < cfg.steps:
+            raise SimulatedInterrupt(f"stopped after step {step}")
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+
+    final = build_unet(arch, train.channels, len(classes), policy.resolution)
+    ema.copy_to(final.parameters())
+    final.eval()
+    meta = {"arch": arch, "n_params": n_params, "training": {
+        "steps": cfg.steps, "batch_size": cfg.batch_size, "world_size": world, "seed": seed,
+        "prediction_type": cfg.prediction_type, "beta_schedule": cfg.beta_schedule, "snr_gamma": cfg.snr_gamma,
+        "label_dropout": cfg.label_dropout, "ema_decay": cfg.ema_decay, "ema_power": cfg.ema_power,
+        "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
+    gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
+    return TrainResult(gen, step, resumed_from, n_params, meta["training"]["precision"])
+
+
+def _tensorboard(cfg: DDPMConfig, work_dir: Path) -> Any:
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("generator.ddpm.tensorboard=true needs the tensorboard package "
+                        "(pip install 'synthmed[tensorboard]')") from None
+    return SummaryWriter(str(work_dir / "tensorboard"))
+
+
+def _save_checkpoint(acc: Any, root: Path, step: int, fp: str, cfg: DDPMConfig, base: torch.nn.Module,
+                     ema: Any, names: list[str], opt: Any, lr_sched: Any, g: torch.Generator) -> None:
+    """Every rank writes its RNG state into the temp folder; the main process writes the rest and commits."""
+    tmp = root / f"{st.TMP_CKPT_PREFIX}{step:07d}"
+    if acc.is_main_process:
+        st.begin_checkpoint(root, step)
+    acc.wait_for_everyone()
+    rng: dict[str, Any] = {"batch": g.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    st.save_state(tmp, f"rng-rank{acc.process_index}", rng)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        st.save_tensors(tmp / "model.safetensors", base.state_dict())
+        st.save_tensors(tmp / "ema.safetensors", dict(zip(names, ema.shadow_params)))
+        ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+        st.save_state(tmp, "train", {"optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
+                                     "ema": ema_meta, "step": step})
+        st.commit_checkpoint(root, tmp, step, {"step": step, "fingerprint": fp, "world_size": acc.num_processes},
+                             cfg.keep_checkpoints)
+    acc.wait_for_everyone()
+
+
+def _load_checkpoint(path: Path, fp: str, base: torch.nn.Module, ema: Any, names: list[str], opt: Any,
+                     lr_sched: Any, g: torch.Generator, rank: int) -> int:
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    if meta.get("fingerprint") != fp:
+        raise UserError(f"checkpoints in {path.parent} come from another generator config or other training "
+                        f"images; delete {path.parent} or use another run directory")
+    base.load_state_dict(st.load_tensors(path / "model.safetensors"))
+    shadow = st.load_tensors(path / "ema.safetensors")
+    state = st.load_state(path, "train")
+    opt.load_state_dict(state["optimizer"])
+    lr_sched.load_state_dict(state["lr_scheduler"])
+    ema.shadow_params = [shadow[n].to(p.device) for n, p in zip(names, base.parameters())]
+    ema.optimization_step = int(state["ema"]["optimization_step"])
+    rng = st.load_state(path, f"rng-rank{rank}")
+    g.set_state(rng["batch"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(state["step"])
