@@ -173,8 +173,9 @@ def quality(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: StrictO
 def train(
     config: ConfigArg,
     out: OutOpt,
-    policy: Annotated[Optional[list[str]], typer.Option("--policy", help="policy name from run.policies (repeatable); default: the config's mix/imbalance")] = None,
+    policy: Annotated[Optional[list[str]], typer.Option("--policy", help="policy name from run.policies (repeatable); default: every policy in run.policies")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds (default: run.seeds)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="retrain runs that already have metrics.json")] = False,
     set_: SetOpt = None,
     strict: StrictOpt = False,
 ) -> None:
@@ -182,7 +183,7 @@ def train(
     cfg = _config(config, set_, strict)
     from synthmed.classifiers.stage import train as run_train
     seed_list = _parse_seeds(seeds)
-    rows = run_train(cfg, _prepare_run_dir(cfg, out), policies=policy, seeds=seed_list)
+    rows = run_train(cfg, _prepare_run_dir(cfg, out), policies=policy, seeds=seed_list, force=force)
     typer.echo(f"trained {len(rows)} classifier(s) in {out / 'classifiers'}")
 
 
