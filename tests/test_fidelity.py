@@ -76,3 +76,27 @@ def test_report_per_class_with_n_and_small_n_warning(feats: dict[str, np.ndarray
     assert rep["per_class"]["y"]["n_real"] == 200 and rep["per_class"]["y"]["n_fake"] == 50
     assert any("2048" in w for w in rep["overall"]["warnings"])
     assert "2048" in capsys.readouterr().err
+
+
+def test_fid_agrees_with_torchmetrics() -> None:
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(120, 16)), rng.normal(0.3, 1.5, size=(90, 16)) @ rng.normal(size=(16, 16))
+    metric = FrechetInceptionDistance(feature=fidelity._identity_module(16))
+    metric.update(torch.from_numpy(a), real=True)
+    metric.update(torch.from_numpy(b), real=False)
+    assert fidelity.fid(a, b) == pytest.approx(float(metric.compute()), rel=1e-6)
+
+
+def test_fid_low_rank_and_full_rank_paths_agree() -> None:
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(40, 30)), rng.normal(0.5, 2.0, size=(35, 30))
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    full = fidelity.frechet_distance(mu_a, np.cov(a, rowvar=False), mu_b, np.cov(b, rowvar=False))
+    assert fidelity.fid(a, b) == pytest.approx(full, rel=1e-6)  # n > D: D x D path
+    wide_a, wide_b = rng.normal(size=(20, 300)), rng.normal(size=(25, 300)) * 1.3
+    full = fidelity.frechet_distance(wide_a.mean(0), np.cov(wide_a, rowvar=False), wide_b.mean(0),
+                                     np.cov(wide_b, rowvar=False))
+    assert fidelity.fid(wide_a, wide_b) == pytest.approx(full, rel=1e-6)  # n < D: nuclear-norm path

@@ -99,6 +99,7 @@ class TrainResult:
     resumed_from: int
     n_params: int
     precision: str
+    losses: list[float]
 
 
 def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DDPMConfig,
@@ -185,6 +186,7 @@ def train_ddpm(
     acs = noise_sched.alphas_cumprod.to(dev)
     noise_sched.alphas_cumprod = acs
     unet.train()
+    losses: list[float] = []
     while step < cfg.steps:
         x, y, noise, t = _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps)
         x = to_model_range(x.to(dev, non_blocking=True))
@@ -218,6 +220,7 @@ def train_ddpm(
         opt.zero_grad(set_to_none=True)
         ema.step(base.parameters())
         step += 1
+        losses.append(value)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
@@ -242,7 +245,7 @@ def train_ddpm(
         "label_dropout": cfg.label_dropout, "ema_decay": cfg.ema_decay, "ema_power": cfg.ema_power,
         "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
-    return TrainResult(gen, step, resumed_from, n_params, meta["training"]["precision"])
+    return TrainResult(gen, step, resumed_from, n_params, meta["training"]["precision"], losses)
 
 
 def _tensorboard(cfg: DDPMConfig, work_dir: Path) -> Any:

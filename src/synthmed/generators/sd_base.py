@@ -70,10 +70,13 @@ def load_pipeline(base: str | None, offline: bool, dtype: Any = None, revision: 
     if not base:
         raise ConfigError(f"{BASE_KEY} is not set: give a local diffusers folder or a hub id "
                           "(e.g. `python -m synthmed.generators.sd_tiny runs/tiny-sd` builds a tiny one)")
-    kwargs: dict[str, Any] = dict(torch_dtype=dtype or torch.float32, safety_checker=None,
+    kwargs: dict[str, Any] = dict(dtype=dtype or torch.float32, safety_checker=None,
                                   requires_safety_checker=False, revision=revision, variant=variant)
     path = Path(base).expanduser()
+    from transformers.utils import logging as tlog
+
     dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise UserError(f"{BASE_KEY}={base} is not a diffusers Stable Diffusion folder (no model_index.json)")
@@ -102,9 +105,16 @@ def _from_pretrained(cls: Any, where: str, base: str, **kwargs: Any) -> Any:
 
 def check_prompts(tokenizer: Any, prompts: dict[str, str], what: str = "prompt") -> None:
     """A prompt longer than the text encoder's window (77 tokens for CLIP) is an error, never truncated."""
+    from transformers.utils import logging as tlog
+
     limit = int(tokenizer.model_max_length)
     for name, text in prompts.items():
-        n = len(tokenizer(text, truncation=False, add_special_tokens=True).input_ids)
+        level = tlog.get_verbosity()
+        tlog.set_verbosity_error()  # its "sequence too long" warning: we raise our own one-line error instead
+        try:
+            n = len(tokenizer(text, truncation=False, add_special_tokens=True).input_ids)
+        finally:
+            tlog.set_verbosity(level)
         if n > limit:
             raise ConfigError(f"{what} for '{name}' is {n} tokens, more than the text encoder's {limit}: shorten it "
                               f"({text[:40]!r}...)")
@@ -149,6 +159,12 @@ def to_sd_tensor(images: np.ndarray, resolution: int) -> Any:
     arrs = [np.asarray(to_sd_image(a, resolution), dtype=np.float32) for a in images]
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
     return x / 127.5 - 1.0
+
+
+def move(module: Any, device: Any, dtype: Any) -> Any:
+    """``module.to(device, dtype)``, skipping the dtype cast (and diffusers' warning about it) when it already fits."""
+    current = next(module.parameters()).dtype
+    return module.to(device) if current == dtype else module.to(device, dtype=dtype)
 
 
 def float_to_uint8(images: np.ndarray) -> np.ndarray:

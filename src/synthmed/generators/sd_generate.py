@@ -61,19 +61,25 @@ def load_adapter(pipe: Any, folder: Path, name: str, base: str, trained_on: str 
     """Load a LoRA folder into ``pipe``; a LoRA made for another base model is a one-line ``UserError``."""
     if not (folder / "pytorch_lora_weights.safetensors").is_file():
         raise DataError(f"LoRA weights missing: {folder}/pytorch_lora_weights.safetensors (rerun `synthmed finetune`)")
+    from transformers.utils import logging as tlog
+
+    level = tlog.get_verbosity()
+    tlog.set_verbosity_error()  # transformers reports the (untouched) base weights as "missing" from a LoRA file
     try:
         pipe.load_lora_weights(str(folder), adapter_name=name)
     except Exception as err:  # noqa: BLE001 - shape / key mismatch
         hint = f" (trained on {trained_on})" if trained_on and trained_on != base else ""
         raise UserError(f"LoRA {folder} does not fit base model {base}{hint}: made for another base model? "
                         f"({err.__class__.__name__})") from None
+    finally:
+        tlog.set_verbosity(level)
 
 
 def load_full_unet(pipe: Any, folder: Path, base: str, dtype: Any) -> None:
     from diffusers import UNet2DConditionModel
 
     try:
-        unet = UNet2DConditionModel.from_pretrained(str(folder), torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(str(folder), dtype=dtype)
     except Exception as err:  # noqa: BLE001
         raise DataError(f"fine-tuned UNet {folder} unreadable ({err.__class__.__name__}); rerun `synthmed finetune`") from None
     te_dim = pipe.text_encoder.config.hidden_size
@@ -134,24 +140,29 @@ def generate(cfg: Any, run_dir: Path, data: RealData) -> Path:
 
     items = plan_generation(cfg, data.classes, data.train.counts(data.n_classes))
     rank, world = dist_info()
-    mine = shard(items, rank, world)
+    # Batches are formed over the whole plan (per adapter, plan order) and whole batches are sharded, so every image
+    # is computed in the same batch whatever the number of processes or what was already done: bit-identical PNGs.
+    all_batches = [(a, b) for a in sorted({adapter_of(it.class_name) for it in items})
+                   for b in batches([it for it in items if adapter_of(it.class_name) == a], gen.batch_size)]
+    mine = shard(all_batches, rank, world)  # type: ignore[arg-type]
     synth = SyntheticSet(run_dir)
     synth.root.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         remove_stale_temps(synth.root)
     old, partial = _known_rows(synth)
     done_rows: dict[str, dict[str, str]] = {}
-    todo = []
-    for item in mine:
-        row = row_for(item)
-        known = partial.get(item.id) or old.get(item.id)
-        if synth.abspath(item.relpath).is_file() and _same(known, row):
-            if item.id in partial:
-                done_rows[item.id] = partial[item.id]
-        else:
-            todo.append(item)
+    todo: set[str] = set()
+    for _, batch in mine:
+        for item in batch:
+            known = partial.get(item.id) or old.get(item.id)
+            if synth.abspath(item.relpath).is_file() and _same(known, row_for(item)):
+                if item.id in partial:
+                    done_rows[item.id] = partial[item.id]
+            else:
+                todo.add(item.id)
     partial_path = synth.root / PARTIAL.format(rank=rank)
-    if todo:
+    work = [(a, b) for a, b in mine if any(it.id in todo for it in b)]
+    if work:
         pipe = load_pipeline(sd.base, cfg.is_offline, rt.dtype, sd.revision, sd.variant)
         check_prompts(pipe.tokenizer, {f"class {c}": p for c, p in prompts.items()})
         if gen.negative_prompt:
@@ -164,22 +175,24 @@ def generate(cfg: Any, run_dir: Path, data: RealData) -> Path:
         sample = _sampler(pipe, prompts, gen.negative_prompt, steps, guidance, gen.strength, sources, st.resolution,
                           data)
         bar = _bar(len(todo), rank)
-        pos = {it.id: k for k, it in enumerate(items)}
-        todo.sort(key=lambda it: (adapter_of(it.class_name), pos[it.id]))
-        for a, group in groupby(todo, key=lambda it: adapter_of(it.class_name)):
-            if st.lora:
-                load_adapter(pipe, adapter_dir(gen_dir, st, a if st.per_class else None), a, str(sd.base), meta.get("base"))
-            for batch in batches(list(group), gen.batch_size):
-                for item, image in zip(batch, sample(batch)):
-                    atomic_save_png(synth.abspath(item.relpath), image)
-                    done_rows[item.id] = row_for(item)
-                atomic_write_csv(partial_path, done_rows.values(), MANIFEST_COLUMNS)
-                if bar is not None:
-                    bar.update(len(batch))
-            if st.lora:
-                pipe.unload_lora_weights()
-        if bar is not None:
-            bar.close()
+        try:
+            for a, group in groupby(work, key=lambda ab: ab[0]):
+                if st.lora:
+                    load_adapter(pipe, adapter_dir(gen_dir, st, a if st.per_class else None), a, str(sd.base),
+                                 meta.get("base"))
+                for _, batch in group:
+                    for item, image in zip(batch, sample(batch)):
+                        if item.id in todo:  # the rest of the batch exists already (same bytes)
+                            atomic_save_png(synth.abspath(item.relpath), image)
+                        done_rows[item.id] = row_for(item)
+                    atomic_write_csv(partial_path, done_rows.values(), MANIFEST_COLUMNS)
+                    if bar is not None:
+                        bar.update(sum(it.id in todo for it in batch))
+                if st.lora:
+                    pipe.unload_lora_weights()
+        finally:
+            if bar is not None:
+                bar.close()
     atomic_write_csv(partial_path, done_rows.values(), MANIFEST_COLUMNS)
     _barrier(world)
     if rank == 0:
@@ -239,7 +252,7 @@ def _sampler(pipe: Any, prompts: dict[str, str], negative: str | None, steps: in
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    i2i = StableDiffusionImg2ImgPipeline(**pipe.components) if strength is not None else None
+    i2i = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False) if strength is not None else None
     if i2i is not None:
         i2i.set_progress_bar_config(disable=True)
 

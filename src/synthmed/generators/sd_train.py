@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.errors import TrainingDivergedError
-from synthmed.generators.sd_base import derived_seed, to_sd_tensor, tokenize
+from synthmed.generators.sd_base import derived_seed, move, to_sd_tensor, tokenize
 from synthmed.generators.sd_recipes import SDSettings
 from synthmed.io import atomic_write_bytes, atomic_write_json, sha256_file
 from synthmed.safety import load_state_dict
@@ -76,7 +76,7 @@ def prepare_models(pipe: Any, st: SDSettings, rt: Runtime, init_seed: int) -> tu
         m.requires_grad_(False)
     torch.manual_seed(init_seed)
     if st.lora:
-        unet.to(rt.device, dtype=rt.dtype)
+        move(unet, rt.device, rt.dtype)
         targets = _present_targets(unet, st.unet_targets)
         unet.add_adapter(LoraConfig(r=st.rank, lora_alpha=st.alpha, init_lora_weights="gaussian",
                                     target_modules=targets))
@@ -86,10 +86,10 @@ def prepare_models(pipe: Any, st: SDSettings, rt: Runtime, init_seed: int) -> tu
                                       target_modules=te_targets))
         cast_training_params([unet, te], dtype=torch.float32)
     else:
-        unet.to(rt.device, dtype=torch.float32)
+        move(unet, rt.device, torch.float32)
         unet.requires_grad_(True)
-    te.to(rt.device, dtype=rt.dtype)
-    vae.to(rt.device, dtype=rt.dtype)
+    move(te, rt.device, rt.dtype)
+    move(vae, rt.device, rt.dtype)
     if rt.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if st.train_text_encoder:

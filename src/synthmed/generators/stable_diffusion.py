@@ -12,6 +12,7 @@ Checkpoints live in ``RUN_DIR/generator_work/<adapter>/checkpoints/``; a finishe
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -113,15 +114,18 @@ def finetune_sd(cfg: Any, run_dir: str | Path, data: RealData) -> Path:
     st, rt = settings_and_runtime(cfg)
     st = resolve(sd, data.classes)
     gen_dir, work = run_dir / GENERATOR_DIR, run_dir / WORK_DIR
-    preloaded = [load_pipeline(sd.base, cfg.is_offline, rt.dtype, sd.revision, sd.variant)]
+    base = load_pipeline(sd.base, cfg.is_offline, rt.dtype, sd.revision, sd.variant)
 
     def load() -> Any:
-        return preloaded.pop() if preloaded else load_pipeline(sd.base, cfg.is_offline, rt.dtype, sd.revision, sd.variant)
+        """A pipeline with fresh copies of the trainable parts (UNet, text encoder); VAE and tokenizer shared."""
+        return type(base)(**{**base.components, "unet": copy.deepcopy(base.unet),
+                             "text_encoder": copy.deepcopy(base.text_encoder)},
+                          requires_safety_checker=False)
 
     prompts = {c: st.prompt(c) for c in data.classes}
-    check_prompts(preloaded[0].tokenizer, {f"class {c}": p for c, p in prompts.items()})
+    check_prompts(base.tokenizer, {f"class {c}": p for c, p in prompts.items()})
     if cfg.generation.negative_prompt:
-        check_prompts(preloaded[0].tokenizer, {"generation.negative_prompt": cfg.generation.negative_prompt})
+        check_prompts(base.tokenizer, {"generation.negative_prompt": cfg.generation.negative_prompt})
     chosen = select_training(data.train, data.classes, st.shots, rt.seed)
     gen_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(gen_dir / TRAINING_CSV, [

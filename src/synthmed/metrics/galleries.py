@@ -19,37 +19,42 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "class"
 
 
-def save_grid(images: Sequence[np.ndarray], path: str | Path, titles: Sequence[str] | None = None,
-              ncol: int = 8, suptitle: str | None = None, cell: float = 1.3) -> Path:
-    """Save uint8 HWC images as a titled grid PNG (atomically); an empty list gives a 'no images' panel."""
-    import matplotlib
+def _cell(img: np.ndarray, px: int) -> "Image.Image":
+    from PIL import Image
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    im = Image.fromarray(arr).convert("RGB")
+    scale = px / max(im.size)
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), resample)
+
+
+def save_grid(images: Sequence[np.ndarray], path: str | Path, titles: Sequence[str] | None = None,
+              ncol: int = 8, suptitle: str | None = None, cell: int = 96) -> Path:
+    """Save uint8 HWC images as a captioned grid PNG (atomically); an empty list gives a 'no images' panel."""
+    from PIL import Image, ImageDraw
 
     n = max(len(images), 1)
     ncol = max(1, min(ncol, n))
     nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(cell * ncol, (cell + 0.25) * nrow + (0.4 if suptitle else 0)),
-                             squeeze=False)
-    for k, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if k < len(images):
-            img = np.asarray(images[k])
-            if img.ndim == 3 and img.shape[2] == 1:
-                ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            else:
-                ax.imshow(img, interpolation="nearest")
-            if titles is not None:
-                ax.set_title(titles[k], fontsize=6)
-        elif not images and k == 0:
-            ax.text(0.5, 0.5, "no images", ha="center", va="center", fontsize=8)
+    cap, pad, head = (14 if titles is not None else 0), 4, (18 if suptitle else 0)
+    width = max(ncol * (cell + pad) + pad, 6 * len(suptitle or "") + 2 * pad)
+    canvas = Image.new("RGB", (width, head + nrow * (cell + cap + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=8)
-    fig.tight_layout()
+        draw.text((pad, 3), suptitle, fill="black")
+    for k in range(len(images)):
+        r, c = divmod(k, ncol)
+        x, y = pad + c * (cell + pad), head + pad + r * (cell + cap + pad)
+        if titles is not None:
+            draw.text((x, y), str(titles[k])[: max(4, cell // 6)], fill="black")
+        canvas.paste(_cell(images[k], cell), (x, y + cap))
+    if not images:
+        draw.text((pad, head + pad + cell // 2), "no images", fill="black")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    canvas.save(buf, format="PNG", compress_level=6)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
