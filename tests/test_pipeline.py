@@ -152,3 +152,19 @@ def test_cli_force_typo_is_exit_2(tmp_path: Path, fake_log: Path, capsys: pytest
     assert "unknown stage" in capsys.readouterr().err
     assert main(["run", str(cfg), "-o", str(tmp_path / "r")]) == 0
     assert "report:" in capsys.readouterr().out
+
+
+def test_live_display_and_eta(tmp_path: Path, fake_log: Path) -> None:
+    from synthmed.pipeline.progress import Display
+
+    run_pipeline(make_cfg(), tmp_path / "run", live=True)  # the rich bar must not break a run
+    d = Display(3, live=False)
+    assert d.eta() == "ETA ?"
+    with d.unit("a"):
+        pass
+    d.skip("b", "cached")
+    assert d.done == 2 and d.eta().startswith("ETA ")
+    with pytest.raises(ValueError):
+        with d.unit("c"):
+            raise ValueError("boom")
+    assert d.done == 2

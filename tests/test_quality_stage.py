@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from synthmed.cli import main
-from synthmed.config import load_config
+from synthmed.config import Config, load_config
 from synthmed.data.load import load_data
 from synthmed.io import atomic_save_png
 from synthmed.synthetic.dataset import MANIFEST_COLUMNS, SyntheticSet, image_id
@@ -24,7 +24,7 @@ classifier: {model: cnn, epochs: 2, batch_size: 32}
 """
 
 
-def make_synthetic(run_dir: Path, cfg, n_per_class: int = 10) -> list[str]:
+def make_synthetic(run_dir: Path, cfg: Config, n_per_class: int = 10) -> list[str]:
     """Real training images with noise (+ one exact copy, one duplicate pair, one pure-noise image)."""
     real = load_data(cfg.data)
     rng = np.random.default_rng(0)
@@ -38,7 +38,7 @@ def make_synthetic(run_dir: Path, cfg, n_per_class: int = 10) -> list[str]:
             if c == 0 and i == 0:
                 img = pool[0]  # an exact copy of a training image
             if c == 1 and i == 1:
-                img = np.asarray(Image_of(rows, syn))  # duplicate of c01_000000
+                img = _read_png(syn.abspath(rows[-1]["path"]))  # an exact duplicate of c01_000000
             if c == 2 and i == 2:
                 img = rng.integers(0, 256, pool.shape[1:], dtype=np.uint8)  # noise
             id_ = image_id(c, i)
@@ -48,13 +48,16 @@ def make_synthetic(run_dir: Path, cfg, n_per_class: int = 10) -> list[str]:
                          "kept": "true", "filter_reason": "", "confidence": ""})
             ids.append(id_)
     syn.write_manifest(rows)
+    lines = ["id,label,pixel_hash"] + [f"{i},{y},x" for i, y in zip(real.train.ids, real.train.labels.tolist())]
+    (run_dir / "generator").mkdir(parents=True, exist_ok=True)
+    (run_dir / "generator" / "training_images.csv").write_text("\n".join(lines) + "\n")
     return ids
 
 
-def Image_of(rows: list[dict], syn: SyntheticSet) -> np.ndarray:
+def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(syn.abspath(rows[-1]["path"])) as im:
+    with Image.open(path) as im:
         return np.asarray(im)
 
 
@@ -86,7 +89,8 @@ def test_quality_json_and_manifest(run: tuple[Path, Path]) -> None:
     assert set(fid["synthetic_all"]["per_class"]) == set(q["classes"]) and fid["real_reference"]["overall"]["n_fake"] > 0
     assert any("2048" in w for w in fid["synthetic_all"]["overall"]["warnings"])
     mem = q["memorization"]
-    assert mem["flagged"] >= 1 and mem["thresholds"]["pixel"] is not None
+    assert mem["flagged"] >= 1 and mem["thresholds"]["pixel"] is not None and mem["notes"] == []
+    assert mem["n_generator_train"] == q["fidelity"]["real_reference"]["overall"]["n_real"]
     assert q["cas"]["synthetic_only"]["n"] == q["cas"]["real_only"]["n"] > 0
     assert isinstance(q["gate"]["passed"], bool) and isinstance(q["gate"]["reasons"], list)
     assert q["filter"]["overall"]["generated"] == 30

@@ -19,7 +19,7 @@ from synthmed.pipeline import run as run_mod
 from synthmed.pipeline.run import run_pipeline
 from synthmed.pipeline.sweep import run_sweep
 from synthmed.report.html import build_report
-from test_pipeline import calls, fake_log, make_cfg  # noqa: F401 - fixture re-export
+from test_pipeline import make_cfg
 
 SECTIONS = ["headline", "data", "results", "sweep", "per-class", "confusion", "samples", "quality", "filtering",
             "galleries", "config", "versions"]
@@ -54,14 +54,20 @@ def _png() -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture()
-def full_run(tmp_path: Path, fake_log: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
-    """A run directory written by the pipeline (fake stages, real report) plus a ratio sweep."""
-    monkeypatch.setitem(run_mod.STAGE_FUNCS, "report", "synthmed.report.html:build_report")
-    run = tmp_path / "run"
-    cfg = with_overrides(make_cfg(), {"sweep.grid": {"mix.ratio": [0.0, 0.5, 1.0]}, "sweep.policies": ["ratio"]})
-    run_pipeline(cfg, run, live=False)
-    run_sweep(cfg, run, live=False)
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory written by the pipeline (fake stages, real report) plus a ratio sweep (built once)."""
+    tmp = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        for stage, attr in [("data", "load_data"), ("finetune", "finetune"), ("generate", "generate"),
+                            ("quality", "run_quality"), ("train", "train"), ("evaluate", "evaluate_run")]:
+            mp.setitem(run_mod.STAGE_FUNCS, stage, f"test_pipeline_fakes:{attr}")
+        mp.delenv("FAKE_STAGE_LOG", raising=False)
+        mp.delenv("FAKE_FAIL", raising=False)
+        run = tmp / "run"
+        cfg = with_overrides(make_cfg(), {"sweep.grid": {"mix.ratio": [0.0, 0.5, 1.0]}, "sweep.policies": ["ratio"]})
+        run_pipeline(cfg, run, live=False)
+        run_sweep(cfg, run, live=False)
     atomic_write_json(run / "quality" / "quality.json", QUALITY)
     for name in ("a_good.png", "a_poor.png"):
         (run / "quality" / "galleries").mkdir(parents=True, exist_ok=True)

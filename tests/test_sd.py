@@ -258,3 +258,43 @@ def test_base_loading_errors(tmp_path):
         load_pipeline(str(tmp_path / "notsd"), True)
     with pytest.raises(UserError, match="not in the Hugging Face cache"):
         load_pipeline("nobody-has/this-model-xyz", True)
+
+
+def test_caching_does_not_change_training(tiny_sd, pbc_subset, tmp_path):
+    """Cached VAE latents / text embeddings give the same LoRA as encoding every step."""
+    from safetensors.torch import load_file
+
+    from synthmed.data.load import load_data
+    from synthmed.generators.stable_diffusion import finetune_sd
+
+    common = {"generator.stable_diffusion.recipe": "datadream_joint", "generator.stable_diffusion.max_steps": 3,
+              "generator.stable_diffusion.text_encoder_targets": "[]"}
+    out, losses = [], []
+    for cache in (True, False):
+        cfg = make_cfg(tiny_sd, pbc_subset, **common, **{"generator.stable_diffusion.cache_latents": cache,
+                                                        "generator.stable_diffusion.cache_text": cache})
+        run = tmp_path / f"run{cache}"
+        finetune_sd(cfg, run, load_data(cfg.data, run, echo_warnings=False))
+        out.append(load_file(run / "generator" / "lora" / "joint" / "pytorch_lora_weights.safetensors"))
+        losses.append(json.loads((run / "generator" / "synthmed.json").read_text())["adapters"]["joint"]["loss_end"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for k in out[0]:  # Adam magnifies float noise on near-zero gradients: compare at a fraction of one lr step
+        np.testing.assert_allclose(out[0][k].numpy(), out[1][k].numpy(), rtol=1e-3, atol=5e-5)
+
+
+def test_full_unet_recipe(tiny_sd, pbc_subset, tmp_path):
+    from synthmed.data.load import load_data
+    from synthmed.generators.stable_diffusion import finetune_sd, generate_sd
+
+    cfg = make_cfg(tiny_sd, pbc_subset, **{"generator.stable_diffusion.recipe": "full_unet",
+                                          "generator.stable_diffusion.max_steps": 2, "generation.n_per_class": 1})
+    run = tmp_path / "run"
+    data = load_data(cfg.data, run, echo_warnings=False)
+    finetune_sd(cfg, run, data)
+    assert (run / "generator" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (run / "generator" / "lora").exists()
+    generate_sd(cfg, run, data)
+    with open(run / "synthetic" / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(CLASSES) and rows[0]["adapter"] == "" and rows[0]["guidance"] == "7.5"
+    assert rows[0]["prompt"] == "a medical image of a basophil"

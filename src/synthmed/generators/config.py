@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synthmed.generators.sd_config import StableDiffusionConfig
 
@@ -41,6 +41,12 @@ class DDPMConfig(_Strict):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     tensorboard: bool = False
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        """YAML reads a bare ``no`` as false: accept it as "no"."""
+        return "no" if value is False else value
 
 
 class GeneratorConfig(_Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +211,9 @@ class DDPMGenerator:
     def _sample_batch(self, labels: list[int], seeds: list[int], sampler: str, steps: int, guidance: float,
                       autocast: torch.dtype | None) -> np.ndarray:
         sched = make_sampler(sampler, self.scheduler_config)
-        sched.set_timesteps(steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 __array__ copy warning inside diffusers
+            sched.set_timesteps(steps)
         x, gens = self.initial_noise(seeds)
         x = (x * sched.init_noise_sigma).to(self.device)
         y = torch.tensor(labels, dtype=torch.long, device=self.device)

@@ -155,11 +155,12 @@ def train_ddpm(
     n_params = count_params(unet)
     noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                 prediction_type=cfg.prediction_type)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     lr_sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     unet, opt = acc.prepare(unet, opt)
     base = acc.unwrap_model(unet)
-    ema = EMAModel(base.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power)
+    ema = EMAModel(base.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power,
+                   foreach=True)
     ema.to(dev)
     names = [n for n, _ in base.named_parameters()]
     g = torch.Generator("cpu").manual_seed(int(seed) * 1000 + 7919 * rank + 1)

@@ -24,16 +24,29 @@ def derived_seed(*parts: Any) -> int:
 # ------------------------------------------------------------------------------------------- device, dtype
 
 
-def pick_device(name: str = "auto") -> Any:
-    """``auto`` -> the accelerate process device under ``accelerate launch``, else cuda when available, else cpu."""
+def process_state(device: str = "auto") -> Any:
+    """accelerate's ``PartialState`` (gloo on CPU, nccl on GPU) when launched with several processes, else None."""
     import torch
 
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return PartialState(cpu=cpu)
+
+
+def pick_device(name: str = "auto") -> Any:
+    """The process's device under ``accelerate launch`` / torchrun; else ``name`` (auto: cuda when available)."""
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but CUDA is not available")
+    state = process_state(name)
+    if state is not None:
+        return state.device
     if name != "auto":
         return torch.device(name)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        return PartialState().device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -21,7 +21,7 @@ from synthmed.data.dataset import RealData
 from synthmed.errors import DataError, UserError
 from synthmed.generators.plan import PlanItem, base_row, batches, default_steps, plan_generation, shard
 from synthmed.generators.sd_base import (
-    check_prompts, float_to_uint8, load_pipeline, to_data_geometry, to_sd_image,
+    check_prompts, float_to_uint8, load_pipeline, process_state, to_data_geometry, to_sd_image,
 )
 from synthmed.generators.sd_recipes import resolve
 from synthmed.generators.stable_diffusion import (
@@ -41,11 +41,9 @@ def dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _barrier(world: int) -> None:
+def _barrier(world: int, device: str) -> None:
     if world > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+        process_state(device).wait_for_everyone()
 
 
 def set_sampler(pipe: Any, sampler: str) -> None:
@@ -194,10 +192,10 @@ def generate(cfg: Any, run_dir: Path, data: RealData) -> Path:
             if bar is not None:
                 bar.close()
     atomic_write_csv(partial_path, done_rows.values(), MANIFEST_COLUMNS)
-    _barrier(world)
+    _barrier(world, cfg.device)
     if rank == 0:
         _merge(synth, items, old, row_for)
-    _barrier(world)
+    _barrier(world, cfg.device)
     return synth.root
 
 

@@ -6,10 +6,14 @@ import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from synthmed.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 GALLERY_DIR = "galleries"
 
@@ -19,7 +23,7 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "class"
 
 
-def _cell(img: np.ndarray, px: int) -> "Image.Image":
+def _cell(img: np.ndarray, px: int) -> Image.Image:
     from PIL import Image
 
     arr = np.asarray(img)

@@ -1,0 +1,165 @@
+"""Training throughput (img/s) and peak RSS: synthmed's DDPM loop vs a diffusers-example-style reference loop.
+
+The reference is written like diffusers' ``examples/unconditional_image_generation/train_unconditional.py``:
+a ``Dataset`` of PIL images with per-sample torchvision transforms, a ``DataLoader``, fp32, plain AdamW/EMA.
+Both use the same UNet (a synthmed preset), batch size and images. Each runs in its own subprocess so that peak
+RSS (``ru_maxrss``) is measured fairly.
+
+    python benchmarks/bench_ddpm_throughput.py --preset S --batch 32 --steps 8 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOOD = ROOT.parent / "shared" / "data" / "bloodmnist.npz"
+
+
+def load_images(n: int) -> tuple[np.ndarray, np.ndarray, str]:
+    if BLOOD.is_file():
+        z = np.load(BLOOD)
+        return z["train_images"][:n], z["train_labels"][:n, 0].astype(np.int64), f"BloodMNIST train[:{n}] 28x28 RGB"
+    raise SystemExit(f"{BLOOD} not found (needs ../shared)")
+
+
+def run_ours(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray) -> list[float]:
+    import tempfile
+
+    from synthmed.data.dataset import ImageSet
+    from synthmed.generators.config import DDPMConfig
+    from synthmed.generators.ddpm_train import compute_loss, train_ddpm
+
+    stamps: list[float] = []
+
+    def timed_loss(*a):  # called once per step: the interval between calls is one full training step
+        stamps.append(time.perf_counter())
+        return compute_loss(*a)
+
+    cfg = DDPMConfig(preset=args.preset, steps=args.warmup + args.steps + 1, batch_size=args.batch, hflip=True,
+                     checkpoint_every=10**6, mixed_precision=args.precision, warmup_steps=1)
+    data = ImageSet(images, labels, [str(i) for i in range(len(labels))])
+    classes = [str(c) for c in range(int(labels.max()) + 1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        train_ddpm(cfg, data, classes, Path(tmp), seed=0, device="cpu", progress=False, loss_fn=timed_loss)
+    return np.diff(stamps)[args.warmup:].tolist()
+
+
+def run_reference(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray) -> list[float]:
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    from PIL import Image
+    from torchvision import transforms
+
+    from synthmed.generators.config import DDPMConfig
+    from synthmed.generators.ddpm import build_unet, resolve_arch
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.tf = transforms.Compose([
+                transforms.Resize(32, interpolation=transforms.InterpolationMode.BILINEAR),
+                transforms.CenterCrop(32), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                transforms.Normalize([0.5], [0.5])])
+
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int):
+            return {"input": self.tf(Image.fromarray(images[i]).convert("RGB")), "label": int(labels[i])}
+
+    acc = Accelerator(mixed_precision="no", cpu=True)
+    torch.manual_seed(0)
+    model = build_unet(resolve_arch(DDPMConfig(preset=args.preset)), 3, int(labels.max()) + 1, 32)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    loader = torch.utils.data.DataLoader(Images(), batch_size=args.batch, shuffle=True, num_workers=0)
+    total = args.warmup + args.steps + 1
+    lr_sched = get_cosine_schedule_with_warmup(opt, 1, total)
+    model, opt, loader, lr_sched = acc.prepare(model, opt, loader, lr_sched)
+    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    stamps: list[float] = []
+    step = 0
+    while step < total:
+        for batch in loader:
+            stamps.append(time.perf_counter())
+            clean = batch["input"]
+            noise = torch.randn(clean.shape)
+            t = torch.randint(0, 1000, (clean.shape[0],)).long()
+            noisy = sched.add_noise(clean, noise, t)
+            with acc.accumulate(model):
+                pred = model(noisy, t, class_labels=batch["label"]).sample
+                loss = F.mse_loss(pred.float(), noise)
+                acc.backward(loss)
+                acc.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                lr_sched.step()
+                opt.zero_grad()
+            ema.step(model.parameters())
+            step += 1
+            if step >= total:
+                break
+    return np.diff(stamps)[args.warmup:].tolist()
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    images, labels, what = load_images(args.n_images)
+    fn = run_ours if args.mode == "ours" else run_reference
+    dts = fn(args, images, labels)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": args.mode, "data": what, "step_s_median": float(np.median(dts)),
+                      "img_per_s": args.batch / float(np.median(dts)), "steps_timed": len(dts),
+                      "peak_rss_mb": rss_mb}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="S")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=8, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--n-images", type=int, default=4000)
+    p.add_argument("--precision", default="auto", help="our loop's mixed_precision (reference is fp32)")
+    p.add_argument("--mode", choices=["ours", "reference", "both"], default="both")
+    args = p.parse_args()
+    if args.mode != "both":
+        return child(args)
+    import diffusers
+    import torch
+
+    results = []
+    for mode in ("reference", "ours"):
+        cmd = [sys.executable, __file__, "--mode", mode] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "mode"]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        if out.returncode:
+            raise SystemExit(out.stderr[-2000:])
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    ref, ours = results
+    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, cpu threads {args.threads}, "
+          f"preset {args.preset}, batch {args.batch}, {ours['data']}")
+    print("| loop | img/s | median step (s) | peak RSS (MB) |\n|---|---|---|---|")
+    for r in results:
+        print(f"| {r['mode']} | {r['img_per_s']:.1f} | {r['step_s_median']:.3f} | {r['peak_rss_mb']:.0f} |")
+    print(f"speed-up ours/reference: {ours['img_per_s'] / ref['img_per_s']:.2f}x; "
+          f"RSS ours/reference: {ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
