@@ -135,12 +135,14 @@ def was_killed(proc: subprocess.CompletedProcess[str] | int) -> bool:
 VOLATILE = ("pipeline/state.json",)
 
 
-FULL = ("generator", "synthetic", "classifiers", "pipeline/evaluation.json", "pipeline/evaluation.txt",
-        "quality/memorization.csv", "quality/real_classifier/model.safetensors")
+FULL = ("generator", "synthetic", "classifiers", "pipeline/evaluation.txt", "quality/memorization.csv",
+        "quality/real_classifier/model.safetensors")
 
 
 def digests(run_dir: Path, under: tuple[str, ...] = FULL) -> dict[str, str]:
-    """relative path -> sha256 of every file under ``under`` (temp files included, so they show up as a diff)."""
+    """relative path -> sha256 of every file under ``under`` (temp files are left out: see ``leftover_temps``)."""
+    from synthmed.io import TMP_PREFIX
+
     run_dir = Path(run_dir)
     out = {}
     for rel in under:
@@ -148,7 +150,7 @@ def digests(run_dir: Path, under: tuple[str, ...] = FULL) -> dict[str, str]:
         files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else []
         for f in files:
             r = f.relative_to(run_dir).as_posix()
-            if r not in VOLATILE:
+            if r not in VOLATILE and not f.name.startswith(TMP_PREFIX):
                 out[r] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
@@ -186,6 +188,13 @@ def quality_json(run_dir: Path) -> dict:
     """quality.json without the feature-cache hit counters (they depend on what an earlier attempt cached)."""
     data = json.loads((Path(run_dir) / "quality" / "quality.json").read_text(encoding="utf-8"))
     data.pop("feature_cache", None)
+    return data
+
+
+def evaluation_json(run_dir: Path) -> dict:
+    """pipeline/evaluation.json without ``run_dir`` (the folder's own path)."""
+    data = json.loads((Path(run_dir) / "pipeline" / "evaluation.json").read_text(encoding="utf-8"))
+    data.pop("run_dir", None)
     return data
 
 

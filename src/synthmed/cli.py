@@ -234,7 +234,10 @@ def sweep(
     """A grid over config keys sharing one generator and synthetic set; appends to RUN_DIR/results.csv."""
     cfg = _config(config, set_, strict)
     from synthmed.pipeline.sweep import parse_shard, run_sweep
-    path = run_sweep(cfg, _prepare_run_dir(cfg, out), workers=workers, shard=parse_shard(shard))
+    shard_spec = parse_shard(shard)
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    path = run_sweep(cfg, _prepare_run_dir(cfg, out), workers=workers, shard=shard_spec)
     typer.echo(f"results: {path}")
 
 

@@ -367,6 +367,14 @@ def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job
     return summary
 
 
+def _peft_meta(model: Any) -> dict[str, Any]:
+    """The adapter's PEFT config as saved metadata; sets sorted so that the file's bytes are reproducible."""
+    meta = model.peft_config["default"].to_dict()
+    if isinstance(meta.get("target_modules"), (set, frozenset, list)):
+        meta["target_modules"] = sorted(meta["target_modules"])
+    return meta
+
+
 def save_adapter(pipe: Any, st: SDSettings, out_dir: Path) -> Path:
     """LoRA -> ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format, with adapter metadata);
     full UNet -> ``out_dir/`` as a diffusers UNet folder. Written to a temp folder, then moved into place."""
@@ -383,13 +391,13 @@ def save_adapter(pipe: Any, st: SDSettings, out_dir: Path) -> Path:
             te_meta = None
             if st.train_text_encoder:
                 te_sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
-                te_meta = pipe.text_encoder.peft_config["default"].to_dict()
+                te_meta = _peft_meta(pipe.text_encoder)
             unet_sd = {k: v.detach().float().cpu().contiguous() for k, v in unet_sd.items()}
             if te_sd is not None:
                 te_sd = {k: v.detach().float().cpu().contiguous() for k, v in te_sd.items()}
             StableDiffusionPipeline.save_lora_weights(
                 tmp, unet_lora_layers=unet_sd, text_encoder_lora_layers=te_sd, safe_serialization=True,
-                unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
+                unet_lora_adapter_metadata=_peft_meta(pipe.unet),
                 text_encoder_lora_adapter_metadata=te_meta,
             )
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 from synthmed.data.dataset import ImageSet, RealData
 from synthmed.errors import ConfigError, MissingStageError
 from synthmed.generators.sd_base import (
-    check_prompts, derived_seed, load_pipeline, pick_device, pick_dtype,
+    check_prompts, derived_seed, load_pipeline, pick_device, pick_dtype, process_state,
 )
 from synthmed.generators.sd_recipes import SDSettings, resolve
 from synthmed.generators.sd_train import LORA_FILE, AdapterJob, Runtime, train_adapter
@@ -132,8 +133,9 @@ def finetune_sd(cfg: Any, run_dir: str | Path, data: RealData) -> Path:
         {"id": i, "label": int(y), "class_name": data.classes[int(y)], "pixel_hash": pixel_hash(a)}
         for i, y, a in zip(chosen.ids, chosen.labels, chosen.images)
     ], ["id", "label", "class_name", "pixel_hash"])
-    summaries = {}
-    for job in _jobs(st, chosen, data.classes, prompts, gen_dir, work):
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    jobs = _jobs(st, chosen, data.classes, prompts, gen_dir, work)
+    for job in jobs[rank::world]:  # several processes: per-class adapters are trained in parallel
         fp = _fingerprint(cfg, st, job, rt)
         summary = _finished(job, fp)
         if summary is None:
@@ -141,11 +143,15 @@ def finetune_sd(cfg: Any, run_dir: str | Path, data: RealData) -> Path:
             if fpf.is_file() and fpf.read_text().strip() != fp:
                 shutil.rmtree(job.work_dir)  # other settings or images: old checkpoints must not be resumed
             atomic_write_text(job.work_dir / "fingerprint.txt", fp)
-            summary = train_adapter(load, st, rt, job)
-        summaries[job.name] = summary
+            summary = train_adapter(load, st, rt, job, progress=rank == 0)
         if st.lora:
             atomic_write_text(job.out_dir / "README.md", model_card(cfg, st, data, chosen, {job.name: summary},
                                                                     job.name, prompts))
+    if world > 1:
+        process_state(cfg.device).wait_for_everyone()
+        if rank != 0:
+            return gen_dir
+    summaries = {job.name: json.loads((job.work_dir / "done.json").read_text()) for job in jobs}
     meta = {
         "kind": "stable_diffusion", "base": sd.base, "revision": sd.revision, "variant": sd.variant,
         "recipe": st.recipe, "settings": st.as_dict(), "classes": list(data.classes), "prompts": prompts,

@@ -30,7 +30,7 @@ th{background:#f3f3f3} td.l,th.l{text-align:left}
 .absent{color:#777;font-style:italic} .warn{background:#fde2e1;border:2px solid #c0392b;padding:.8em 1em;font-weight:bold}
 .ok{background:#e3f4e1;border:1px solid #3c8d40;padding:.5em 1em} .note{color:#555;font-size:.9em}
 img{max-width:100%;border:1px solid #eee;margin:.3em 0} pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em}
-nav a{margin-right:.8em;font-size:.9em}
+nav a{margin-right:.8em;font-size:.9em} .grid{display:flex;flex-wrap:wrap;gap:.5em} .grid img{max-width:48%}
 """
 
 
@@ -347,7 +347,7 @@ def _per_class(runs: collect.ClassifierRuns, classes: list[str], out: Path) -> s
 def _confusions(runs: collect.ClassifierRuns, classes: list[str], out: Path) -> str:
     if not runs.confusion:
         return _absent("no confusion matrices (metrics.json 'confusion' or confusion.csv).")
-    body = "<p class=note>Summed over seeds; rows are true classes, normalised per row.</p>"
+    body = "<p class=note>Summed over seeds; rows are true classes, normalised per row.</p><div class=grid>"
     for policy, per_seed in runs.confusion.items():
         mats = [m for m in per_seed.values() if m.shape == next(iter(per_seed.values())).shape]
         try:
@@ -355,7 +355,7 @@ def _confusions(runs: collect.ClassifierRuns, classes: list[str], out: Path) -> 
             body += _img(path, f"confusion matrix {policy}")
         except Exception as err:  # noqa: BLE001
             body += _absent(f"confusion matrix of {policy} ({err.__class__.__name__})")
-    return body
+    return body + "</div>"
 
 
 def _samples(run_dir: Path, classes: list[str], out: Path) -> str:
