@@ -36,7 +36,7 @@ class SimulatedInterrupt(RuntimeError):
 
 def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None = fp32). ``auto``: bf16 on CUDA when supported else fp16; on CPU bf16 only where
-    oneDNN has native bf16 (AVX512-BF16 / AMX): on AVX2-only CPUs bf16 autocast is ~40x slower than fp32."""
+    oneDNN has native bf16 (AVX512-BF16 / AMX): on AVX2-only CPUs bf16 autocast is ~10x slower than fp32."""
     if setting == "no":
         return None
     if device.type == "cuda":
