@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(RUNENV) $(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(RUNENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(RUNENV) $(VENV)/bin/synthmed run configs/demo.yaml -o runs/demo
