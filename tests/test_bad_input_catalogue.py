@@ -193,8 +193,6 @@ def test_generate_mismatch(tiny_generator: Path, tmp_path: Path, capsys, extra, 
     assert leftover_temps(run_dir) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the lead: OSError ENOSPC is exit 1 'internal error' "
-                   "(fix: cli.main maps OSError errno ENOSPC/EDQUOT to a one-line exit-2 'disk full' message)")
 def test_disk_full_during_generation(tiny_generator: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """ENOSPC on the 3rd PNG (half of it written): exit 2 'disk full ...', the two finished PNGs intact, no temp."""
     import synthmed.io as sio
@@ -225,8 +223,6 @@ def test_disk_full_during_generation(tiny_generator: Path, tmp_path: Path, capsy
     assert leftover_temps(run_dir) == []
 
 
-@pytest.mark.xfail(strict=True, reason="reported to the lead: pipeline/state.json has 'version': 1 but State never "
-                   "checks it (fix: State.__init__ raises UserError when version > STATE_VERSION)")
 def test_run_dir_from_incompatible_version(tmp_path: Path, capsys, monkeypatch) -> None:
     """A run directory whose pipeline state has a future format version is refused before any work."""
     import synthmed.pipeline.run as prun

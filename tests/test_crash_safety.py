@@ -128,8 +128,6 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
     assert leftover_temps(run) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the lead: nothing removes RUN_DIR/.tmp-config.yaml.* "
-                   "(fix: config.save_resolved deletes run_dir.glob('.tmp-config.yaml.*') before writing)")
 def test_kill_while_writing_config_yaml_leaves_no_temp_after_rerun(tmp_path: Path) -> None:
     """Killed while ``RUN_DIR/config.yaml`` is being written; the rerun must not leave the temp file behind."""
     run = tmp_path / "run"
@@ -143,8 +141,6 @@ def test_kill_while_writing_config_yaml_leaves_no_temp_after_rerun(tmp_path: Pat
     assert leftover_temps(run) == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the lead: classifiers/stage.py never removes temps left in "
-                   "classifiers/<policy>/seed<k>/ (fix: remove_stale_temps(out) at the start of train_one)")
 def test_train_rerun_removes_temps_left_by_a_kill(tmp_path: Path) -> None:
     """A kill during a classifier write leaves ``.tmp-*`` in ``classifiers/<policy>/seed<k>/``; the rerun that
     completes that folder must delete it (as generate does for ``synthetic/`` and finetune for checkpoints)."""

@@ -6,6 +6,7 @@ traceback); 1 internal error.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -275,6 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         code = 130
+    except OSError as err:
+        if debug:
+            traceback.print_exc()
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = err.filename or "the output"
+            typer.echo(f"error: disk full while writing {where}: free some space and rerun (finished work is kept)", err=True)
+            code = 2
+        else:
+            typer.echo(f"internal error: {err.__class__.__name__}: {err} (rerun with --debug for the traceback)", err=True)
+            code = 1
     except Exception as err:  # noqa: BLE001 - the catch-all for internal errors
         if debug:
             traceback.print_exc()

@@ -197,5 +197,7 @@ def with_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config
 def save_resolved(cfg: Config, run_dir: str | os.PathLike[str]) -> Path:
     """Write the resolved config to ``RUN_DIR/config.yaml`` (atomically) and return the path."""
     path = Path(run_dir) / "config.yaml"
+    for stale in Path(run_dir).glob(".tmp-config.yaml.*"):  # left by a crash during an earlier write
+        stale.unlink(missing_ok=True)
     cfg.save(path)
     return path

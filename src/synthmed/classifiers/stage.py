@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from synthmed.classifiers.guards import check_no_leakage
 from synthmed.classifiers.mixing import needs_synthetic, plan_mix
 from synthmed.errors import ConfigError
-from synthmed.io import atomic_write_csv, atomic_write_json
+from synthmed.io import atomic_write_csv, atomic_write_json, remove_stale_temps
 from synthmed.metrics.classification import classification_metrics
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ def train_one(cfg: Config, data: RealData, policy: str, seed: int, out: Path, sy
     """Train one classifier and write its folder."""
     from synthmed.classifiers.train import fit_plan
 
+    if out.is_dir():
+        remove_stale_temps(out)  # a crashed earlier attempt may have left temp files behind
     plan = plan_mix(cfg.mix, data.train, synthetic, data.n_classes, seed)
     clf = fit_plan(cfg, plan, data.val, data.n_classes, seed, out_dir=out, progress=progress,
                    class_names=list(data.classes))

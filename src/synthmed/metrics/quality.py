@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from synthmed.data.dataset import ImageSet, RealData
+from synthmed.io import remove_stale_temps
 from synthmed.errors import DataError
 from synthmed.io import atomic_write_json
 from synthmed.metrics import fidelity, galleries, memorization
@@ -148,6 +149,8 @@ def run_quality(cfg: Config, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     syn_set, rows, syn, real = _load_inputs(cfg, run_dir)
     qdir = run_dir / QUALITY_DIR
+    if qdir.is_dir():
+        remove_stale_temps(qdir)  # a crashed earlier attempt may have left temp files behind
     q, classes, C = cfg.quality, list(real.classes), real.n_classes
     out: dict[str, Any] = {"n_synthetic": len(syn), "classes": classes, "backbone": q.backbone,
                            "synthetic_per_class": syn.counts(C)}

@@ -16,9 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from synthmed.errors import UserError
 from synthmed.io import atomic_write_json
 
 STATE_FILE = "pipeline/state.json"
+STATE_VERSION = 1
 STALE_DIR = ".stale"
 
 
@@ -34,10 +36,14 @@ class State:
                 data = json.loads(self.path.read_text(encoding="utf-8"))
                 self.records = dict(data.get("records", {}))
             except (OSError, ValueError, AttributeError):
-                self.records = {}  # an unreadable state only costs a rerun
+                data, self.records = {}, {}  # an unreadable state only costs a rerun
+            version = data.get("version", STATE_VERSION) if isinstance(data, dict) else STATE_VERSION
+            if not isinstance(version, int) or version > STATE_VERSION:
+                raise UserError(f"{self.run_dir} was made by an incompatible synthmed version (pipeline state format "
+                                f"{version}, this version reads {STATE_VERSION}): use a new run directory")
 
     def save(self) -> None:
-        atomic_write_json(self.path, {"version": 1, "records": self.records})
+        atomic_write_json(self.path, {"version": STATE_VERSION, "records": self.records})
 
     # ------------------------------------------------------------------ queries
     def status(self, name: str, key: str) -> str:
