@@ -19,7 +19,7 @@ test: $(VENV)/.installed
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(RUNENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
-	$(RUNENV) $(VENV)/bin/synthmed run configs/demo.yaml -o runs/demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(RUNENV) $(VENV)/bin/synthmed run configs/demo.yaml -o runs/demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

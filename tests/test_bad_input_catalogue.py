@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TQDM_DISABLE", "1")
 
 
+PROGRESS_LINE = re.compile(r"^[\w /.-]+:\s+\d+%\|")  # a progress bar cleared by '\r' before the error
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
     code = main(list(argv))
     err = capsys.readouterr().err
@@ -41,7 +45,8 @@ def assert_exit_2(result: tuple[int, list[str], str], *needles: str) -> str:
     assert code == 2, err
     assert len(errors) == 1, err
     assert "Traceback" not in err and "internal error" not in err, err
-    other = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("error: ", "warning: "))]
+    other = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("error: ", "warning: "))
+             and not PROGRESS_LINE.match(ln)]
     assert not other, f"unexpected stderr lines: {other}"
     for n in needles:
         assert n in errors[0], f"{n!r} not in {errors[0]!r}"

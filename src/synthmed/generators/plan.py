@@ -178,20 +178,22 @@ def run_plan(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="generate", unit="img", dynamic_ncols=True, leave=False)
-    for batch in batches(todo, batch_size):
-        images = np.asarray(sample(batch))
-        if images.dtype != np.uint8 or len(images) != len(batch):
-            raise RuntimeError(f"sampler returned {images.dtype} {images.shape} for {len(batch)} items")
-        for item, image in zip(batch, images):
-            reuse.pop(item.id, None)
-            atomic_save_png(synth.abspath(item.relpath), image)
+    try:
+        for batch in batches(todo, batch_size):
+            images = np.asarray(sample(batch))
+            if images.dtype != np.uint8 or len(images) != len(batch):
+                raise RuntimeError(f"sampler returned {images.dtype} {images.shape} for {len(batch)} items")
+            for item, image in zip(batch, images):
+                reuse.pop(item.id, None)
+                atomic_save_png(synth.abspath(item.relpath), image)
+            if bar is not None:
+                bar.update(len(batch))
+            if write_manifest and time.monotonic() - last > manifest_every_s:
+                merge_manifest(synth, everything, provenance, reuse)
+                last = time.monotonic()
+    finally:  # closes the bar on errors too, so a message never lands on the bar's line
         if bar is not None:
-            bar.update(len(batch))
-        if write_manifest and time.monotonic() - last > manifest_every_s:
-            merge_manifest(synth, everything, provenance, reuse)
-            last = time.monotonic()
-    if bar is not None:
-        bar.close()
+            bar.close()
     if write_manifest:
         # rows of other shards: reuse what the old manifest had, else the current provenance
         if all_items is not None and synth.exists():
