@@ -59,10 +59,12 @@ def load_adapter(pipe: Any, folder: Path, name: str, base: str, trained_on: str 
     """Load a LoRA folder into ``pipe``; a LoRA made for another base model is a one-line ``UserError``."""
     if not (folder / "pytorch_lora_weights.safetensors").is_file():
         raise DataError(f"LoRA weights missing: {folder}/pytorch_lora_weights.safetensors (rerun `synthmed finetune`)")
+    from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
-    level = tlog.get_verbosity()
+    level, dlevel = tlog.get_verbosity(), dlog.get_verbosity()
     tlog.set_verbosity_error()  # transformers reports the (untouched) base weights as "missing" from a LoRA file
+    dlog.set_verbosity(dlog.CRITICAL)  # diffusers logs a multi-line error on a mismatch; we raise one line instead
     try:
         pipe.load_lora_weights(str(folder), adapter_name=name)
     except Exception as err:  # noqa: BLE001 - shape / key mismatch
@@ -71,6 +73,7 @@ def load_adapter(pipe: Any, folder: Path, name: str, base: str, trained_on: str 
                         f"({err.__class__.__name__})") from None
     finally:
         tlog.set_verbosity(level)
+        dlog.set_verbosity(dlevel)
 
 
 def load_full_unet(pipe: Any, folder: Path, base: str, dtype: Any) -> None:
