@@ -33,13 +33,22 @@ def test_bloodmnist_official_counts(shared_dir: Path) -> None:
     d = load(f"npz:{path}")
     raw = np.load(path)
     assert d.classes == BLOOD_CLASSES
-    assert (len(d.train), len(d.val), len(d.test)) == (11959, 1712, 3421)
-    for split, part in (("train", d.train), ("val", d.val), ("test", d.test)):
+    assert (len(d.train_pool), len(d.val), len(d.test)) == (11959, 1712, 3421)
+    for split, part in (("train", d.train_pool), ("val", d.val), ("test", d.test)):
         expected = np.bincount(raw[f"{split}_labels"].reshape(-1), minlength=8).tolist()
         assert part.counts(8) == expected
-    assert d.train.counts(8) == [852, 2181, 1085, 2026, 849, 993, 2330, 1643]
+    assert d.train_pool.counts(8) == [852, 2181, 1085, 2026, 849, 993, 2330, 1643]
+    summary = d.summary()
+    assert [summary["splits"][s]["total"] for s in ("train", "val", "test")] == [11959, 1712, 3421]
     assert d.train.images.shape[1:] == (28, 28, 3) and d.train.images.dtype == np.uint8
     assert d.train.ids[0] == "train/00000" and d.test.ids[-1] == "test/03420"
+    # exact copies of val/test images are never trained on (the split itself stays official)
+    from synthmed.io import pixel_hash
+
+    held_out = {pixel_hash(im) for im in np.concatenate([d.val.images, d.test.images])}
+    assert not any(pixel_hash(im) in held_out for im in d.train.images)
+    assert len(d.train) == 11959 - len(d.excluded_ids) and len(d.excluded_ids) >= 8
+    assert summary["excluded_from_training"]["total"] == len(d.excluded_ids)
     assert any("exact pixel duplicates" in w for w in d.warnings)  # BloodMNIST has a few (3 val, 5 test)
 
 

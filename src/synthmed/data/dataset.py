@@ -60,7 +60,8 @@ class ImageSet:
 class RealData:
     """The real dataset after the image policy and the frozen split.
 
-    ``train`` is the training subset actually used (after shots / long_tail / fraction); ``train_pool`` is the
+    ``train`` is the training subset actually used (after shots / long_tail / fraction, and without the
+    ``excluded_ids``: training-split images that duplicate a val/test image pixel for pixel); ``train_pool`` is the
     whole training split it was drawn from. ``val`` and ``test`` are real images only and never change.
     """
 
@@ -72,6 +73,8 @@ class RealData:
     source: str
     image_policy: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    subset_applied: bool = False
+    excluded_ids: list[str] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
@@ -88,10 +91,14 @@ class RealData:
     def summary(self) -> dict[str, Any]:
         """The ``data info --json`` shape: classes and per-split totals and per-class counts."""
         splits = {}
-        for name, s in (("train", self.train), ("val", self.val), ("test", self.test)):
+        train_split = self.train if self.subset_applied else self.train_pool
+        for name, s in (("train", train_split), ("val", self.val), ("test", self.test)):
             splits[name] = {"total": len(s), "per_class": s.counts(self.n_classes)}
         out: dict[str, Any] = {"classes": list(self.classes), "splits": splits}
-        if len(self.train_pool) != len(self.train):
+        if self.subset_applied and len(self.train_pool) != len(self.train):
             out["train_pool"] = {"total": len(self.train_pool), "per_class": self.train_pool.counts(self.n_classes)}
+        if self.excluded_ids:
+            out["excluded_from_training"] = {"total": len(self.excluded_ids), "ids": list(self.excluded_ids),
+                                             "reason": "exact pixel duplicates of val/test images"}
         out["image_policy"] = dict(self.image_policy)
         return out

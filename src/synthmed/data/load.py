@@ -17,7 +17,7 @@ from synthmed.data.dataset import ImageSet, RealData
 from synthmed.data.sources import read_source
 from synthmed.data.splits import duplicate_pairs, make_splits, subset_indices
 from synthmed.errors import DataError
-from synthmed.io import atomic_write_csv
+from synthmed.io import atomic_write_csv, pixel_hash
 
 SPLIT_COLUMNS = ["id", "split", "label", "class_name", "in_train_subset"]
 
@@ -29,30 +29,48 @@ def load_data(cfg: DataConfig, run_dir: Path | None = None, echo_warnings: bool 
     split = make_splits(raw.labels, raw.split, raw.groups, cfg)
     full = ImageSet(raw.images, raw.labels, raw.ids)
     sets = {s: full.subset(np.flatnonzero(split == s)) for s in ("train", "val", "test")}
-    pool = sets["train"]
     for s in ("train", "val", "test"):
         if len(sets[s]) == 0:
             raise DataError(f"{cfg.source}: the {s} split is empty (too few images? lower data.val_fraction/test_fraction or add images)")
-    keep = subset_indices(pool.labels, raw.classes, cfg, warn)
-    train = pool.subset(keep)
-
-    for other in ("val", "test"):
-        pairs = duplicate_pairs(pool.images, pool.ids, sets[other].images, sets[other].ids)
-        if pairs:
-            a, b = pairs[0]
-            msg = f"{len(pairs)} {other} image(s) have exact pixel duplicates in the train split (e.g. train '{a}' = {other} '{b}')"
-            if cfg.strict:
-                raise DataError(msg + "; remove the duplicates or drop --strict")
-            warn.append(msg)
+    pool = sets["train"]
+    usable = np.flatnonzero(~eval_duplicate_mask(pool, sets["val"], sets["test"], cfg, warn))
+    keep = subset_indices(pool.labels[usable], raw.classes, cfg, warn)
+    train = pool.subset(usable[keep])
+    excluded = sorted(set(pool.ids) - {pool.ids[i] for i in usable.tolist()})
+    subset_applied = cfg.shots is not None or cfg.long_tail is not None or cfg.fraction is not None
 
     policy = dict(raw.policy, source=cfg.source)
-    data = RealData(raw.classes, train, sets["val"], sets["test"], pool, cfg.source, policy, warn)
+    data = RealData(raw.classes, train, sets["val"], sets["test"], pool, cfg.source, policy, warn,
+                    subset_applied=subset_applied, excluded_ids=excluded)
     if echo_warnings:
         for w in warn:
             print(f"warning: {w}", file=sys.stderr)
     if run_dir is not None:
         write_or_check_split(data, Path(run_dir) / "data" / "split.csv")
     return data
+
+
+def eval_duplicate_mask(pool: ImageSet, val: ImageSet, test: ImageSet, cfg: DataConfig, warn: list[str]) -> np.ndarray:
+    """Mark the training-split images whose pixels equal a val or test image: they are never used for training.
+
+    Val and test are frozen first and never change; a training copy of an evaluation image would leak it into the
+    classifier and the generator, so it goes (with a warning; an error under ``strict``).
+    """
+    drop = np.zeros(len(pool), dtype=bool)
+    for name, other in (("val", val), ("test", test)):
+        pairs = duplicate_pairs(pool.images, pool.ids, other.images, other.ids)
+        if not pairs:
+            continue
+        a, b = pairs[0]
+        msg = (f"{len(pairs)} {name} image(s) have exact pixel duplicates in the train split "
+               f"(e.g. train '{a}' = {name} '{b}')")
+        if cfg.strict:
+            raise DataError(msg + "; remove the duplicates or drop --strict")
+        hashes = {pixel_hash(img) for img in other.images}
+        hit = np.array([pixel_hash(img) in hashes for img in pool.images], dtype=bool)
+        drop |= hit
+        warn.append(msg + f"; {int(hit.sum())} such train image(s) removed from training")
+    return drop
 
 
 def split_rows(data: RealData) -> list[dict[str, str]]:
