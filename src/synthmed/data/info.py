@@ -23,4 +23,7 @@ def format_info(summary: dict[str, Any]) -> str:
     if pol:
         h, w = pol.get("size", ["?", "?"])
         lines.append(f"images: {h}x{w}, {pol.get('channels')} channel(s), resize={pol.get('resize')}, source={pol.get('source', '')}")
+    excluded = summary.get("excluded_from_training")
+    if excluded:
+        lines.append(f"excluded from training: {excluded['total']} train image(s), {excluded.get('reason', '')}")
     return "\n".join(lines)
