@@ -9,6 +9,18 @@ import pytest
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread for the whole suite: tiny models gain nothing from more, and on a shared 2-core CPU
+    two OpenMP threads per process were 10-50x slower (oversubscription). Restored afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     """``../shared`` relative to the repository root; skips when it is absent (a fresh clone has none)."""

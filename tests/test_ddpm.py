@@ -53,15 +53,6 @@ def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (and a shared, loaded CPU makes 2 OpenMP threads crawl)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained long enough to tell the two classes apart (shared by several tests)."""

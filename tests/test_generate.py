@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from synthmed.cli import main
@@ -27,18 +26,9 @@ OVERRIDES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A run directory with a tiny trained generator on 28 px phantom data."""
-    torch.set_num_threads(1)
     cfg = load_config(None, OVERRIDES)
     run_dir = tmp_path_factory.mktemp("run")
     save_resolved(cfg, run_dir)

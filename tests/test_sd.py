@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sd_fixtures import CLASSES, _one_thread, make_cfg, pbc_subset, sd_overrides, tiny_sd  # noqa: F401
+from test_sd_fixtures import CLASSES, make_cfg, pbc_subset, sd_overrides, tiny_sd  # noqa: F401
 
 from synthmed.errors import ConfigError, UserError
 

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_sd_fixtures import PBC, REPO, _one_thread, tiny_sd  # noqa: F401
+from test_sd_fixtures import PBC, REPO, tiny_sd  # noqa: F401
 
 
 @pytest.fixture(scope="module")

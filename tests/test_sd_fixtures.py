@@ -17,17 +17,6 @@ CLASSES = ["basophil", "eosinophil", "lymphocyte"]
 PER_CLASS = 12
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    """Two shared CPU cores: one intra-op thread avoids oversubscription stalls (restored afterwards)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
     from synthmed.generators.sd_tiny import build_tiny_sd
