@@ -71,7 +71,7 @@ def cached(path: Path, fn) -> np.ndarray:
 
 
 def train_model(preset: str, steps: int, work: Path, n_train: int | None, batch: int, stop_after: int | None = None,
-                checkpoint_every: int = 250):
+                checkpoint_every: int = 250, **overrides):
     """Train (resuming) on BloodMNIST train; returns the EMA generator and the training wall time recorded so far."""
     from synthmed.data.dataset import ImageSet
     from synthmed.generators.config import DDPMConfig
@@ -80,7 +80,8 @@ def train_model(preset: str, steps: int, work: Path, n_train: int | None, batch:
     x, y = blood("train", n_train)
     data = ImageSet(x, y, [f"train/{i}" for i in range(len(y))])
     cfg = DDPMConfig(preset=preset, steps=steps, batch_size=batch, checkpoint_every=checkpoint_every,
-                     keep_checkpoints=100, warmup_steps=min(100, steps // 10), hflip=True, vflip=True)
+                     keep_checkpoints=100, warmup_steps=min(100, steps // 10), hflip=True, vflip=True,
+                     **overrides)
     log = work / "train_time.json"
     spent = json.loads(log.read_text())["seconds"] if log.is_file() else 0.0
     t0 = time.time()

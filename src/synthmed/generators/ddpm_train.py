@@ -25,6 +25,7 @@ from synthmed.errors import DataError, TrainingDivergedError, UserError
 from synthmed.generators import ddpm_state as st
 from synthmed.generators.config import DDPMConfig
 from synthmed.generators.ddpm import DDPMGenerator, ImagePolicy, build_unet, count_params, resolve_arch, to_model_range
+from synthmed.generators.optim import optimizer_step
 
 #: config keys that do not change the training trajectory (left out of the checkpoint fingerprint)
 NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard")
@@ -205,20 +206,8 @@ def train_ddpm(
             raise TrainingDivergedError(
                 f"generator loss became {value} at step {step + 1}; {keep}; lower generator.ddpm.lr or use "
                 f"mixed_precision=no")
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            acc.backward(loss)
-        if cfg.grad_clip is not None:
-            acc.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        lr_sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, opt, lr_sched, unet.parameters(), cfg.grad_clip, scaler, backward=acc.backward,
+                       clip_grad_norm=acc.clip_grad_norm_)
         ema.step(base.parameters())
         step += 1
         losses.append(value)

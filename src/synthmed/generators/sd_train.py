@@ -26,6 +26,7 @@ import numpy as np
 
 from synthmed.errors import TrainingDivergedError
 from synthmed.generators.sd_base import derived_seed, move, to_sd_tensor, tokenize
+from synthmed.generators.optim import optimizer_step
 from synthmed.generators.sd_recipes import SDSettings
 from synthmed.io import atomic_write_bytes, atomic_write_json, sha256_file
 from synthmed.safety import load_state_dict
@@ -335,18 +336,7 @@ def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"SD fine-tuning of '{job.name}' diverged at step {step} (loss {loss.item()}); "
                                         "lower generator.stable_diffusion.lr; the last checkpoint is kept")
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        if scaler is not None:
-            scaler.unscale_(opt)
-        if st.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, st.grad_clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, opt, sched, trainable, st.grad_clip, scaler)
         losses.append(float(loss.detach()))
         if bar is not None:
             bar.update(1)
