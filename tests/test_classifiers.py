@@ -24,7 +24,17 @@ def test_cnn_and_resnet_forward_grayscale(name: str) -> None:
     assert net(x).shape == (2, 3) and net.features(x).shape == (2, net.feature_dim)
     assert info["pretrained"] is False
     if name == "resnet18":
-        assert info["small_stem"] and net.backbone.conv1.stride == (1, 1)
+        assert info["stem"] == "small" and net.backbone.conv1.stride == (1, 1)
+
+
+@pytest.mark.parametrize("stem,stride,feat", [("small", 1, 28), ("strided", 2, 14), ("imagenet", 2, 7)])
+def test_resnet_stems_set_the_feature_resolution(stem: str, stride: int, feat: int) -> None:
+    net, info = build_model(ClassifierConfig(model="resnet18", resnet_stem=stem), in_channels=3, size=28, n_classes=4)
+    assert info["stem"] == stem and net.backbone.conv1.stride == (stride, stride)
+    b = net.backbone
+    x = torch.rand(2, 3, 28, 28)
+    assert b.maxpool(b.relu(b.bn1(b.conv1(x)))).shape[-1] == feat
+    assert net(x).shape == (2, 4)
 
 
 @pytest.mark.parametrize("head", ["lora", "linear_probe"])

@@ -168,3 +168,15 @@ def test_live_display_and_eta(tmp_path: Path, fake_log: Path) -> None:
         with d.unit("c"):
             raise ValueError("boom")
     assert d.done == 2
+
+
+def test_run_workers_train_in_processes_and_cache(tmp_path: Path, fake_log: Path) -> None:
+    run = tmp_path / "run"
+    run_pipeline(make_cfg(), run, live=False, workers=2)
+    got = calls(fake_log)
+    assert sorted(x.split()[0] for x in got).count("train") == 6 and stages(got)[-1] == "report"
+    assert len(list((run / "classifiers").glob("*/seed*"))) == 6
+    run_pipeline(make_cfg(), run, live=False, workers=2)
+    assert calls(fake_log) == [], "finished classifiers are cached with --workers too"
+    with pytest.raises(UserError, match="workers"):
+        run_pipeline(make_cfg(), run, workers=0)

@@ -213,13 +213,16 @@ def run(
     config: ConfigArg,
     out: OutOpt,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="rerun this stage (repeatable)")] = None,
+    workers: Annotated[int, typer.Option(help="parallel processes for the classifier runs")] = 1,
     set_: SetOpt = None,
     strict: StrictOpt = False,
 ) -> None:
     """The whole chain: data, finetune, generate, quality/filter, train, evaluate, report (cached, resumable)."""
     cfg = _config(config, set_, strict)
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     from synthmed.pipeline.run import run_pipeline
-    report = run_pipeline(cfg, _prepare_run_dir(cfg, out), force=list(force or []))
+    report = run_pipeline(cfg, _prepare_run_dir(cfg, out), force=list(force or []), workers=workers)
     typer.echo(f"report: {report}")
 
 

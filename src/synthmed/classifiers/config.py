@@ -37,6 +37,9 @@ class ClassifierConfig(_Strict):
     """The classifier and its training recipe."""
 
     model: Literal["cnn", "resnet18", "resnet50", "clip"] = "resnet18"
+    resnet_stem: Literal["auto", "small", "strided", "imagenet"] = Field(
+        "auto", description="ResNet stem: small (3x3/1), strided (3x3/2, ~4x cheaper), imagenet (7x7/2 + pool); "
+                            "auto = small up to 64 px")
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -89,12 +89,24 @@ class SmallCNN(nn.Module):
 # ----------------------------------------------------------------------------------------------- ResNet
 
 
-def _resnet(name: str, size: int) -> tuple[nn.Module, int]:
+def resolve_stem(stem: str, size: int) -> str:
+    """``auto`` = ``small`` up to 64 px, ``imagenet`` above."""
+    return ("small" if size <= 64 else "imagenet") if stem == "auto" else stem
+
+
+def _resnet(name: str, size: int, stem: str = "auto") -> tuple[nn.Module, int]:
+    """torchvision ResNet with a stem for the input size.
+
+    ``small``: 3x3 stride-1 conv, no max pooling (full resolution: best for 28-64 px, most compute);
+    ``strided``: 3x3 stride-2 conv, no max pooling (half resolution: about 4x less compute than ``small``);
+    ``imagenet``: torchvision's 7x7 stride-2 conv + max pooling (quarter resolution).
+    """
     import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)
-    if size <= 64:  # small-input stem: 3x3 stride-1 conv, no max pooling
-        net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    stem = resolve_stem(stem, size)
+    if stem in ("small", "strided"):
+        net.conv1 = nn.Conv2d(3, 64, 3, stride=1 if stem == "small" else 2, padding=1, bias=False)
         net.maxpool = nn.Identity()
     dim = net.fc.in_features
     net.fc = nn.Identity()
@@ -226,9 +238,9 @@ def build_model(cc: ClassifierConfig, in_channels: int, size: int, n_classes: in
         backbone = SmallCNN(in_channels)
         net = Net(backbone, nn.Linear(backbone.out_dim, n_classes), in_channels, in_channels, backbone.out_dim)
     elif cc.model in ("resnet18", "resnet50"):
-        backbone, dim = _resnet(cc.model, size)
+        backbone, dim = _resnet(cc.model, size, cc.resnet_stem)
         net = Net(backbone, nn.Linear(dim, n_classes), in_channels, 3, dim)
-        info["small_stem"] = size <= 64
+        info["stem"] = resolve_stem(cc.resnet_stem, size)
     elif cc.model == "clip":
         if not load_pretrained:
             cc = cc.model_copy(update={"clip": cc.clip.model_copy(update={"pretrained": None})})

@@ -168,9 +168,50 @@ def _evaluate(run_dir: Path) -> None:
     atomic_write_text(run_dir / EVALUATION_JSON, str(evaluate(run_dir, as_json=True)).rstrip() + "\n")
 
 
+def _train_units(cfg: Config, run_dir: Path, state: State, display: Display,
+                 units: list[tuple[str, int, str, bool]], forced: bool, workers: int) -> None:
+    """The train stage: one classifier per (policy, seed), cached by key; in parallel when ``workers`` > 1."""
+    train = stage_fn("train")
+    if workers == 1:
+        for policy, seed, key, synth in units:
+            run_stage(state, display, f"train/{policy}/seed{seed}", key, ["quality" if synth else "data"],
+                      [f"classifiers/{policy}/seed{seed}"],
+                      lambda p=policy, s=seed: train(cfg, run_dir, policies=[p], seeds=[s]), forced=forced)
+        return
+    from synthmed.pipeline.workers import TrainJob, train_in_pool
+
+    jobs = []
+    cfg_json = cfg.model_dump(mode="json", by_alias=True)
+    for policy, seed, key, synth in units:
+        name, out = f"train/{policy}/seed{seed}", f"classifiers/{policy}/seed{seed}"
+        status = "new" if forced else state.status(name, key)
+        if status == "done" and (run_dir / out).exists():
+            display.skip(name, "cached")
+            continue
+        if status != "running":
+            state.start(name, key, ["quality" if synth else "data"], [out])
+        jobs.append(TrainJob(name, cfg_json, run_dir, policy, seed))
+    if jobs:
+        display.log(f"training {len(jobs)} classifier(s) on {min(workers, len(jobs))} worker process(es)")
+
+    def done(job: TrainJob, outcome: tuple[str, Any]) -> None:
+        status, payload = outcome
+        if status == "user_error":
+            raise UserError(f"policy {job.policy}, seed {job.seed}: {payload}")
+        state.finish(job.label)
+        display.completed(job.label)
+
+    train_in_pool(STAGE_FUNCS["train"], jobs, workers, done)
+
+
 def run_pipeline(cfg: Config, run_dir: str | Path, force: list[str] | None = None,
-                 live: bool | None = None) -> Path:
-    """Run every stage that is not cached; returns the path of ``RUN_DIR/report.html``."""
+                 live: bool | None = None, workers: int = 1) -> Path:
+    """Run every stage that is not cached; returns the path of ``RUN_DIR/report.html``.
+
+    ``workers`` > 1 trains the classifiers (policy x seed) in that many parallel processes.
+    """
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     run_dir = Path(run_dir)
     forced = parse_force(force)
     keys = upstream_keys(cfg)
@@ -187,13 +228,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, force: list[str] | None = Non
             display.log("no synthetic policy in run.policies: finetune/generate/quality are not needed")
         run_upstream(cfg, run_dir, display, forced, needs_synth, state)
         _retire_orphans(state, units)
-        train = stage_fn("train")
-        for policy, seed, key, synth in units:
-            name = f"train/{policy}/seed{seed}"
-            run_stage(state, display, name, key, ["quality" if synth else "data"],
-                      [f"classifiers/{policy}/seed{seed}"],
-                      lambda p=policy, s=seed: train(cfg, run_dir, policies=[p], seeds=[s]),
-                      forced="train" in forced)
+        _train_units(cfg, run_dir, state, display, units, "train" in forced, workers)
         train_names = [f"train/{p}/seed{s}" for p, s, _, _ in units]
         eval_key = digest({"stage": "evaluate", "units": sorted((f"{p}/{s}", k) for p, s, k, _ in units)})
         run_stage(state, display, "evaluate", eval_key, train_names, [EVALUATION_TXT, EVALUATION_JSON],

@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import re
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from synthmed.pipeline.keys import (
 )
 from synthmed.pipeline.progress import Display
 from synthmed.pipeline.run import STAGE_FUNCS, run_upstream, stage_fn, upstream_stage_count
+from synthmed.pipeline.workers import TrainJob, train_in_pool, train_unit
 from synthmed.pipeline.state import State
 
 SEED_KEYS = ("seed", "run.seeds")
@@ -185,23 +185,6 @@ def _result_row(unit: Unit, point_dir: Path, returned: list[dict[str, Any]] | No
 # ---------------------------------------------------------------------------------------------- workers
 
 
-def _train_unit(spec: str, cfg_json: dict[str, Any], point_dir: str, policy: str, seed: int,
-                threads: int) -> tuple[str, Any]:
-    """Worker body (also used in-process): train one classifier; UserErrors come back as text."""
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
-    from synthmed.config import Config as _Config
-
-    try:
-        rows = stage_fn("train", spec)(_Config.model_validate(cfg_json), Path(point_dir), policies=[policy],
-                                       seeds=[seed])
-        return "ok", rows
-    except UserError as err:
-        return "user_error", str(err)
-
-
 def _point_dir(run_dir: Path, point: Point) -> Path:
     pdir = run_dir / "sweep" / point.pid
     pdir.mkdir(parents=True, exist_ok=True)
@@ -315,28 +298,15 @@ def _train_all(todo: list[Unit], run_dir: Path, workers: int, display: Display,
     if workers == 1 or len(jobs) <= 1:
         for u, pdir, st in jobs:
             with display.unit(f"{u.point.pid} {u.policy} seed{u.seed}"):
-                finish(u, pdir, st, _train_unit(spec, u.point.cfg.model_dump(mode="json", by_alias=True),
-                                                str(pdir), u.policy, u.seed, 0))
+                finish(u, pdir, st, train_unit(spec, u.point.cfg.model_dump(mode="json", by_alias=True),
+                                               str(pdir), u.policy, u.seed, 0))
         return
-    import multiprocessing
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures: dict[Future[Any], tuple[Unit, Path, State]] = {}
-        for u, pdir, st in jobs:
-            fut = pool.submit(_train_unit, spec, u.point.cfg.model_dump(mode="json", by_alias=True), str(pdir),
-                              u.policy, u.seed, threads)
-            futures[fut] = (u, pdir, st)
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                u, pdir, st = futures[fut]
-                try:
-                    finish(u, pdir, st, fut.result())
-                except BaseException:
-                    for other in pending:
-                        other.cancel()
-                    raise
-                display.completed(f"{u.point.pid} {u.policy} seed{u.seed}")
+    def done(job: TrainJob, outcome: tuple[str, Any]) -> None:
+        u, pdir, st = job.tag
+        finish(u, pdir, st, outcome)
+        display.completed(job.label)
 
+    train_in_pool(spec, [TrainJob(f"{u.point.pid} {u.policy} seed{u.seed}",
+                                  u.point.cfg.model_dump(mode="json", by_alias=True), pdir, u.policy, u.seed,
+                                  (u, pdir, st)) for u, pdir, st in jobs], workers, done)

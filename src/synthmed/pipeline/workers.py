@@ -1,0 +1,74 @@
+"""Train classifiers in parallel worker processes (``synthmed run --workers K``, ``synthmed sweep --workers K``).
+
+Each worker is a fresh (spawned) process that trains one classifier with ``cpu_count // K`` threads; results come
+back to the parent, which alone writes the pipeline state and result rows. A UserError inside a worker comes back as
+text and is raised in the parent (one-line error, exit 2); the pending jobs are cancelled.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthmed.errors import UserError
+
+
+@dataclass
+class TrainJob:
+    """One classifier to train: where, with which config, and a caller's tag handed back with the result."""
+
+    label: str
+    cfg_json: dict[str, Any]
+    run_dir: Path
+    policy: str
+    seed: int
+    tag: Any = None
+
+
+def train_unit(spec: str, cfg_json: dict[str, Any], run_dir: str, policy: str, seed: int,
+               threads: int) -> tuple[str, Any]:
+    """Worker body (also used in-process): train one classifier; UserErrors come back as ("user_error", text)."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    from synthmed.config import Config
+    from synthmed.pipeline.run import stage_fn
+
+    try:
+        rows = stage_fn("train", spec)(Config.model_validate(cfg_json), Path(run_dir), policies=[policy], seeds=[seed])
+        return "ok", rows
+    except UserError as err:
+        return "user_error", str(err)
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def train_in_pool(spec: str, jobs: list[TrainJob], workers: int,
+                  on_result: Callable[[TrainJob, tuple[str, Any]], None]) -> None:
+    """Run ``jobs`` on ``workers`` spawned processes; ``on_result`` is called in this process as each one ends."""
+    if not jobs:
+        return
+    threads = threads_per_worker(workers)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+        futures: dict[Future[Any], TrainJob] = {
+            pool.submit(train_unit, spec, j.cfg_json, str(j.run_dir), j.policy, j.seed, threads): j for j in jobs
+        }
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                try:
+                    on_result(futures[fut], fut.result())
+                except BaseException:
+                    for other in pending:
+                        other.cancel()
+                    raise
