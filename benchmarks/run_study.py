@@ -79,8 +79,14 @@ def table(run_dir: Path, wall: float | None) -> str:
                   f"; kept {filt.get('kept')}/{filt.get('generated')}; CAS balanced accuracy "
                   f"{_num(cas.get('balanced_accuracy'))}; memorization flags "
                   f"{(q.get('memorization') or {}).get('flagged')}."]
+    state = collect.read_json(run_dir / "pipeline" / "state.json")
+    rec = state.get("records", {}) if isinstance(state, dict) else {}
+    up = {k: rec[k].get("seconds") for k in ("data", "finetune", "generate", "quality") if k in rec}
+    if up:
+        lines += ["", "Stage wall times (run): " + ", ".join(f"{k} {_num(v / 60 if v else v, 1)} min"
+                                                              for k, v in up.items()) + "."]
     if wall is not None:
-        lines += ["", f"Wall time: {wall / 60:.1f} min (run + sweep, this machine)."]
+        lines += [f"Wall time: {wall / 60:.1f} min (run + sweep, this machine)."]
     return "\n".join(lines)
 
 
@@ -90,6 +96,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "bloodmnist-lt"))
     ap.add_argument("--report-only", action="store_true", help="only print the table of an existing run")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--workers", type=int, default=2, help="parallel classifier processes (default 2: one per core)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=c (repeatable)")
     args = ap.parse_args()
     out = Path(args.out)
     wall = None
@@ -102,7 +110,8 @@ def main() -> int:
         os.chdir(ROOT)  # the config's npz: path is relative to the repository root
         t0 = time.monotonic()
         for verb in ["run"] + ([] if args.no_sweep else ["sweep"]):
-            code = cli([verb, args.config, "-o", str(out)])
+            sets = [a for kv in args.overrides for a in ("--set", kv)]
+            code = cli([verb, args.config, "-o", str(out), "--workers", str(args.workers), *sets])
             if code:
                 return code
         wall = time.monotonic() - t0
