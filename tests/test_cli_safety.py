@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,13 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
     (tmp_path / ".tmp-out.txt.abc").write_text("stale")
     assert remove_stale_temps(tmp_path) == 1
+
+
+def test_offline_flag_holds_for_one_command_only(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(["--offline", "data", "info", "phantom:blood"]) == 0
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a user's own setting survives a --offline call
+    assert main(["--offline", "data", "info", "phantom:blood"]) == 0
+    assert os.environ["HF_HUB_OFFLINE"] == "0"

@@ -9,6 +9,7 @@ Documented exception: the Stable Diffusion fine-tuning checkpoint ``generator_wo
 from __future__ import annotations
 
 import ast
+import os
 import zipfile
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def test_malicious_pickle_never_runs_even_when_trusted(tmp_path: Path, capsys, m
     line = _error(capsys)
     assert str(w) in line and "weights_only=True" in line
     assert not marker.exists()
-    monkeypatch.delenv("SYNTHMED_TRUST_PICKLE", raising=False)  # the CLI exported it for the call above
+    assert "SYNTHMED_TRUST_PICKLE" not in os.environ, "--trust-pickle must hold for its own command only"
     assert main(_train(tmp_path, w)) == 2 and "--trust-pickle" in _error(capsys)
     assert not marker.exists()
 

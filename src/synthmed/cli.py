@@ -48,6 +48,10 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Environment variables a command sets for itself and its subprocesses (restored when main() returns).
+SCOPED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SYNTHMED_TRUST_PICKLE")
+
+
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
@@ -260,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map exceptions to exit codes (0 ok, 2 bad input, 1 internal error)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    saved_env = {k: os.environ.get(k) for k in SCOPED_ENV}
     try:
         result = app(args=args, prog_name="synthmed", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -294,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         typer.echo(f"internal error: {err.__class__.__name__}: {err} (rerun with --debug for the traceback)", err=True)
         code = 1
+    finally:  # --offline / --trust-pickle hold for this command only, also when main() is called in-process
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     if argv is None:
         sys.exit(code)
     return code
