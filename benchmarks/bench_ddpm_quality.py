@@ -16,10 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ddpm_samplers import CLASSES, blood, cached, fid, inception_features, train_model  # noqa: E402
+from bench_ddpm_samplers import (  # noqa: E402
+    CLASSES, blood, cached, fid, inception_features, train_model, train_overrides,
+)
 
 
-def generator_at(work: Path, preset: str, step: int):
+def generator_at(work: Path, preset: str, step: int, **overrides):
     """The EMA weights of checkpoint ``step`` as a DDPMGenerator (28 px BloodMNIST, padded to 32)."""
     import torch
     from diffusers import DDPMScheduler
@@ -28,7 +30,7 @@ def generator_at(work: Path, preset: str, step: int):
     from synthmed.generators.ddpm import DDPMGenerator, ImagePolicy, build_unet, resolve_arch
     from synthmed.generators.ddpm_state import load_tensors
 
-    cfg = DDPMConfig(preset=preset)
+    cfg = DDPMConfig(preset=preset, **overrides)
     arch = resolve_arch(cfg)
     unet = build_unet(arch, 3, len(CLASSES), 32)
     ema = load_tensors(work / "checkpoints" / f"step-{step:07d}" / "ema.safetensors")
@@ -51,6 +53,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-gamma (<= 0: plain MSE)")
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_ddpm_quality"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,15 +64,17 @@ def main() -> None:
     real = cached(args.work / f"real_test_{args.n}.npy", lambda: inception_features(xr))
     print("| preset | step | training wall (min) | FID dpmpp-20 |\n|---|---|---|---|")
     for preset in args.presets.split(","):
-        work = args.work / preset
+        over = train_overrides(args)
+        tag = "-".join([f"b{args.train_batch}", f"s{args.train_steps}", *(f"{k}={v}" for k, v in over.items())])
+        work = args.work / f"{preset}-{tag}"  # other training settings get their own folder and points
         work.mkdir(exist_ok=True)
         log = work / "points.json"
         points = json.loads(log.read_text()) if log.is_file() else {}
         for step in range(args.every, args.train_steps + 1, args.every):
             if str(step) not in points:
                 _, spent = train_model(preset, args.train_steps, work, None, args.train_batch, stop_after=step,
-                                       checkpoint_every=args.every)
-                gen = generator_at(work, preset, step)
+                                       checkpoint_every=args.every, **train_overrides(args))
+                gen = generator_at(work, preset, step, **train_overrides(args))
                 imgs = gen.sample(yr.tolist(), list(range(len(yr))), sampler="dpmpp", steps=20,
                                   guidance=args.guidance, batch_size=100)
                 points[str(step)] = {"minutes": spent / 60, "fid": fid(real, inception_features(imgs))}

@@ -51,15 +51,18 @@ def inception_features(images: np.ndarray, batch: int = 50) -> np.ndarray:
 
 
 def fid(f1: np.ndarray, f2: np.ndarray) -> float:
-    from scipy import linalg
+    """synthmed's exact FID (metrics.fidelity.fid; checked equal to torchmetrics' FID in tests/test_fidelity.py)."""
+    from synthmed.metrics.fidelity import fid as _fid
 
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():
-        eps = np.eye(len(s1)) * 1e-6
-        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+    return _fid(f1, f2)
+
+
+def kid(f1: np.ndarray, f2: np.ndarray) -> tuple[float, float]:
+    """KID mean and std (torchmetrics, via synthmed.metrics.fidelity.kid; unbiased, so comparable across n)."""
+    from synthmed.metrics.fidelity import kid as _kid
+
+    k = _kid(f1, f2, subsets=50)
+    return k["mean"], k["std"]
 
 
 def cached(path: Path, fn) -> np.ndarray:
@@ -95,6 +98,12 @@ def train_model(preset: str, steps: int, work: Path, n_train: int | None, batch:
     return gen, spent
 
 
+def train_overrides(args: argparse.Namespace) -> dict:
+    """DDPMConfig settings given on the command line (prediction type, loss weighting, learning rate)."""
+    return {"prediction_type": args.prediction_type, "snr_gamma": args.snr_gamma if args.snr_gamma > 0 else None,
+            "lr": args.lr}
+
+
 def main() -> None:
     import diffusers
     import torch
@@ -105,7 +114,12 @@ def main() -> None:
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument("--n-train", type=int, default=None, help="BloodMNIST train images used (default all 11959)")
     p.add_argument("--n", type=int, default=500, help="images per FID set")
-    p.add_argument("--samplers", default="ddpm:1000,ddim:50,dpmpp:20,dpmpp:10")
+    p.add_argument("--samplers", default="ddpm:1000,ddim:50,dpmpp:20,dpmpp:10",
+                   help="name:steps[:n] (n: images for that sampler, default --n)")
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-gamma (<= 0: plain MSE)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--batch", type=int, default=100, help="sampling batch")
     p.add_argument("--threads", type=int, default=2)
@@ -113,7 +127,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    gen, train_s = train_model(args.preset, args.train_steps, args.work, args.n_train, args.train_batch)
+    gen, train_s = train_model(args.preset, args.train_steps, args.work, args.n_train, args.train_batch,
+                               checkpoint_every=args.checkpoint_every, **train_overrides(args))
     xr, yr = blood("test", args.n, seed=1)
     real = cached(args.work / f"real_test_{args.n}.npy", lambda: inception_features(xr))
     xt, _ = blood("train", args.n, seed=2)
@@ -122,16 +137,27 @@ def main() -> None:
           f"{args.preset} ({sum(p.numel() for p in gen.unet.parameters()) / 1e6:.2f} M params), "
           f"{args.train_steps} steps x batch {args.train_batch}, training wall {train_s / 60:.1f} min; "
           f"n={args.n}, guidance {args.guidance}")
-    print(f"real train vs real test FID (n={args.n}): {base:.1f}")
-    print("| sampler | steps | s/img | FID |\n|---|---|---|---|")
+    base_kid = kid(real, np.load(args.work / f"real_train_{args.n}.npy"))[0]
+    print(f"real train vs real test (n={args.n} each): FID {base:.1f}, KID x 1e3 {base_kid * 1e3:.1f}")
+    print("| sampler | steps | n | s/img | FID (n vs n real) | KID x 1e3 (mean +- std) |\n|---|---|---|---|---|---|")
     for spec in args.samplers.split(","):
-        name, steps = spec.split(":")
-        t0 = time.time()
-        imgs = gen.sample(yr.tolist(), list(range(len(yr))), sampler=name, steps=int(steps), guidance=args.guidance,
-                          batch_size=args.batch)
-        dt = (time.time() - t0) / len(yr)
-        feats = cached(args.work / f"gen_{name}{steps}_g{args.guidance}_{args.n}.npy", lambda: inception_features(imgs))
-        print(f"| {name} | {steps} | {dt:.3f} | {fid(real, feats):.1f} |", flush=True)
+        name, steps, *rest = spec.split(":")
+        n = int(rest[0]) if rest else args.n
+        if n > args.n:
+            raise SystemExit(f"{spec}: n {n} > --n {args.n}")
+        path = args.work / f"gen_{name}{steps}_g{args.guidance}_{n}of{args.n}.npy"
+        timing = path.with_suffix(".json")
+        if not path.is_file():
+            t0 = time.time()
+            imgs = gen.sample(yr[:n].tolist(), list(range(n)), sampler=name, steps=int(steps),
+                              guidance=args.guidance, batch_size=args.batch)
+            timing.write_text(json.dumps({"s_per_img": (time.time() - t0) / n, "threads": args.threads}))
+            np.save(path, inception_features(imgs))
+        dt = json.loads(timing.read_text())["s_per_img"] if timing.is_file() else float("nan")
+        feats = np.load(path)
+        k, ks = kid(real, feats)
+        print(f"| {name} | {steps} | {n} | {dt:.3f} | {fid(real[:n], feats):.1f} | {k * 1e3:.1f} +- {ks * 1e3:.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -180,3 +180,16 @@ def test_run_workers_train_in_processes_and_cache(tmp_path: Path, fake_log: Path
     assert calls(fake_log) == [], "finished classifiers are cached with --workers too"
     with pytest.raises(UserError, match="workers"):
         run_pipeline(make_cfg(), run, workers=0)
+
+
+def test_run_workers_error_stops_the_pool_and_resumes(tmp_path: Path, fake_log: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    monkeypatch.setenv("FAKE_FAIL", "train")
+    with pytest.raises(RuntimeError, match="fake train crashed"):
+        run_pipeline(make_cfg(), run, live=False, workers=2)
+    monkeypatch.delenv("FAKE_FAIL")
+    calls(fake_log)
+    run_pipeline(make_cfg(), run, live=False, workers=2)
+    got = stages(calls(fake_log))
+    assert got.count("train") == 6 and got[-1] == "report", got

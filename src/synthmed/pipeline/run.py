@@ -172,7 +172,9 @@ def _train_units(cfg: Config, run_dir: Path, state: State, display: Display,
                  units: list[tuple[str, int, str, bool]], forced: bool, workers: int) -> None:
     """The train stage: one classifier per (policy, seed), cached by key; in parallel when ``workers`` > 1."""
     train = stage_fn("train")
-    if workers == 1:
+    pending = [u for u in units if forced or state.status(f"train/{u[0]}/seed{u[1]}", u[2]) != "done"
+               or not (run_dir / f"classifiers/{u[0]}/seed{u[1]}").exists()]
+    if workers == 1 or len(pending) <= 1:
         for policy, seed, key, synth in units:
             run_stage(state, display, f"train/{policy}/seed{seed}", key, ["quality" if synth else "data"],
                       [f"classifiers/{policy}/seed{seed}"],

@@ -53,12 +53,17 @@ def threads_per_worker(workers: int) -> int:
 
 def train_in_pool(spec: str, jobs: list[TrainJob], workers: int,
                   on_result: Callable[[TrainJob, tuple[str, Any]], None]) -> None:
-    """Run ``jobs`` on ``workers`` spawned processes; ``on_result`` is called in this process as each one ends."""
+    """Run ``jobs`` on ``workers`` spawned processes; ``on_result`` is called in this process as each one ends.
+
+    On an error (from a job or from ``on_result``) the queued jobs are cancelled and the running workers are
+    terminated, so the error is reported at once; their classifiers resume on the next run.
+    """
     if not jobs:
         return
-    threads = threads_per_worker(workers)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+    n = min(workers, len(jobs))
+    threads = threads_per_worker(n)
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
+    try:
         futures: dict[Future[Any], TrainJob] = {
             pool.submit(train_unit, spec, j.cfg_json, str(j.run_dir), j.policy, j.seed, threads): j for j in jobs
         }
@@ -66,9 +71,12 @@ def train_in_pool(spec: str, jobs: list[TrainJob], workers: int,
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
-                try:
-                    on_result(futures[fut], fut.result())
-                except BaseException:
-                    for other in pending:
-                        other.cancel()
-                    raise
+                on_result(futures[fut], fut.result())
+    except BaseException:
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    pool.shutdown(wait=True)
