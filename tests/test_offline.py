@@ -56,7 +56,7 @@ def test_blocker_works(no_network: list[str]) -> None:
 def test_smoke_chain_offline_with_sockets_blocked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   no_network: list[str], how: str) -> None:
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    # the CLI exports HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE for offline runs; monkeypatch restores them afterwards
+    # the CLI sets HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE for the duration of an offline command (main() restores them)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1" if how == "env" else "0")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
     extra = ["offline=true"] if how == "config" else []
