@@ -139,9 +139,13 @@ def main() -> None:
           f"n={args.n}, guidance {args.guidance}")
     base_kid = kid(real, np.load(args.work / f"real_train_{args.n}.npy"))[0]
     print(f"real train vs real test (n={args.n} each): FID {base:.1f}, KID x 1e3 {base_kid * 1e3:.1f}")
-    print("| sampler | steps | n | s/img | FID (n vs n real) | KID x 1e3 (mean +- std) |\n|---|---|---|---|---|---|")
-    for spec in args.samplers.split(","):
-        name, steps, *rest = spec.split(":")
+    specs = [spec.split(":") for spec in args.samplers.split(",")]
+    n_min = min(int(rest[0]) if rest else args.n for _, _, *rest in specs)
+    # image i depends only on (label i, seed i): the first n_min images of every sampler are the same draws
+    print(f"| sampler | steps | n | s/img | FID (n vs n real) | FID (first {n_min} vs {n_min}) | KID x 1e3 (mean +- std) |"
+          "\n|---|---|---|---|---|---|---|")
+    for name, steps, *rest in specs:
+        spec = ":".join([name, steps, *rest])
         n = int(rest[0]) if rest else args.n
         if n > args.n:
             raise SystemExit(f"{spec}: n {n} > --n {args.n}")
@@ -156,8 +160,8 @@ def main() -> None:
         dt = json.loads(timing.read_text())["s_per_img"] if timing.is_file() else float("nan")
         feats = np.load(path)
         k, ks = kid(real, feats)
-        print(f"| {name} | {steps} | {n} | {dt:.3f} | {fid(real[:n], feats):.1f} | {k * 1e3:.1f} +- {ks * 1e3:.1f} |",
-              flush=True)
+        print(f"| {name} | {steps} | {n} | {dt:.3f} | {fid(real[:n], feats):.1f} | {fid(real[:n_min], feats[:n_min]):.1f} "
+              f"| {k * 1e3:.1f} +- {ks * 1e3:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
