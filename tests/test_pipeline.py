@@ -158,16 +158,24 @@ def test_live_display_and_eta(tmp_path: Path, fake_log: Path) -> None:
     from synthmed.pipeline.progress import Display
 
     run_pipeline(make_cfg(), tmp_path / "run", live=True)  # the rich bar must not break a run
-    d = Display(3, live=False)
+    d = Display(5, live=False)
     assert d.eta() == "ETA ?"
-    with d.unit("a"):
+    with d.unit("finetune"):
         pass
-    d.skip("b", "cached")
-    assert d.done == 2 and d.eta().startswith("ETA ")
+    assert d.eta() == "ETA ?", "a long upstream stage says nothing about the classifiers"
+    with d.unit("train/a/seed0"):
+        pass
+    d.skip("train/b/seed0", "cached")
+    assert d.done == 3 and d.eta().startswith("ETA ") and d.eta() != "ETA ?"
     with pytest.raises(ValueError):
-        with d.unit("c"):
+        with d.unit("train/c/seed0"):
             raise ValueError("boom")
-    assert d.done == 2
+    assert d.done == 3
+    p = Display(4, live=False)
+    with p.unit("quality"):
+        pass
+    p.completed("train/a/seed0")  # a parallel worker's classifier
+    assert p.classifiers_ran == 1 and p.eta().startswith("ETA ") and p.eta() != "ETA ?"
 
 
 def test_run_workers_train_in_processes_and_cache(tmp_path: Path, fake_log: Path) -> None:

@@ -1,8 +1,11 @@
 """The pipeline's live display: the current stage, units done / total, elapsed time and an ETA.
 
 On a terminal it is a rich progress bar (stage output scrolls above it); elsewhere (CI, pipes) it prints one plain
-line per stage event on stderr, so logs stay readable. The ETA is the wall time since the first unit that actually
-ran, divided by the units that ran, times the units left (cached units take no time and are not counted).
+line per stage event on stderr, so logs stay readable. The ETA comes from the classifier units only: the wall time
+since the first classifier began, divided by the classifiers finished, times the units left (parallel workers are
+counted by that wall time; cached units take no time). The upstream stages (finetune, generate, ...) differ too much
+in length to predict one from another: until a classifier has finished the ETA is "?", and those stages show their
+own progress bars with their own ETA.
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+
+#: units that are pipeline stages; every other unit is one classifier (run: train/<policy>/seed<k>; sweep: point)
+STAGE_UNITS = frozenset({"data", "finetune", "generate", "quality", "evaluate", "report"})
 
 
 def _fmt(seconds: float) -> str:
@@ -31,6 +38,9 @@ class Display:
         self.ran = 0
         self.t_first: float | None = None
         self.t0 = time.monotonic()
+        self.t_last = self.t0  # when the last unit ended
+        self.classifiers_ran = 0
+        self.t_classifiers: float | None = None  # when the first classifier began
         self.live = sys.stderr.isatty() if live is None else live
         self._progress: Any = None
         self._task: Any = None
@@ -58,10 +68,10 @@ class Display:
         left = self.total - self.done
         if left <= 0:
             return ""
-        if not self.ran:
+        if not self.classifiers_ran or self.t_classifiers is None:
             return "ETA ?"
-        spent = time.monotonic() - (self.t_first or time.monotonic())
-        return f"ETA {_fmt(spent / self.ran * left)}"
+        spent = time.monotonic() - self.t_classifiers
+        return f"ETA {_fmt(spent / self.classifiers_ran * left)}"
 
     def log(self, message: str) -> None:
         if self._progress is not None:
@@ -76,6 +86,7 @@ class Display:
     # ------------------------------------------------------------------ events
     def skip(self, name: str, reason: str) -> None:
         self.done += 1
+        self.t_last = time.monotonic()
         self._update(f"{name}: {reason}")
         self.log(f"{self.done}/{self.total} {name}: {reason}")
 
@@ -86,22 +97,31 @@ class Display:
         self.log(f"{self.done + 1}/{self.total} {name}: {note or 'running'} ({self.eta()})")
         t = time.monotonic()
         self.t_first = self.t_first or t
+        classifier = name not in STAGE_UNITS
+        if classifier and self.t_classifiers is None:
+            self.t_classifiers = t
         try:
             yield
         except BaseException:
             self.log(f"{name}: FAILED after {_fmt(time.monotonic() - t)}")
             raise
-        dt = time.monotonic() - t
+        self.t_last = time.monotonic()
+        dt = self.t_last - t
         self.done += 1
         self.ran += 1
+        self.classifiers_ran += classifier
         self._update(f"{name} done")
         self.log(f"{self.done}/{self.total} {name}: done in {_fmt(dt)} ({self.eta() or 'all done'})")
 
     def completed(self, name: str) -> None:
         """A unit timed elsewhere (a parallel worker) has finished."""
         self.t_first = self.t_first or self.t0
+        if self.t_classifiers is None:  # the parallel classifiers began when the last unit before them ended
+            self.t_classifiers = self.t_last
         self.done += 1
         self.ran += 1
+        self.classifiers_ran += 1
+        self.t_last = time.monotonic()
         self._update(f"{name} done")
         self.log(f"{self.done}/{self.total} {name}: done ({self.eta() or 'all done'})")
 
