@@ -76,3 +76,14 @@ def test_manifest_rows_and_stats() -> None:
     assert s["overall"] == {"generated": 3, "kept": 2, "kept_fraction": 2 / 3,
                             "dropped": {"memorized_copy": 0, "low_confidence": 1, "near_duplicate": 0}}
     assert s["per_class"]["a"]["kept"] == 1 and s["vetted"] is True
+
+
+def test_vetting_classifier_is_class_balanced_unless_told_otherwise() -> None:
+    from synthmed.config import load_config, with_overrides
+    from synthmed.metrics.quality import vetting_config
+
+    cfg = load_config(None, [])
+    assert cfg.imbalance.method == "none" and vetting_config(cfg).imbalance.method == "resample"
+    assert vetting_config(with_overrides(cfg, {"filter.balanced_vetting": False})).imbalance.method == "none"
+    la = with_overrides(cfg, {"imbalance.method": "logit_adjustment"})
+    assert vetting_config(la).imbalance.method == "logit_adjustment", "an explicit imbalance method is kept"

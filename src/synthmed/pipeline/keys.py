@@ -43,22 +43,13 @@ class UpstreamKeys:
         return str(getattr(self, stage))
 
 
-def _classifier(cc: Any) -> Any:
-    """The classifier recipe in a key; settings added later are left out at their default, so that adding them
-    does not invalidate finished runs (``resnet_stem: auto`` builds the same network as before it existed)."""
-    out = _dump(cc)
-    if isinstance(out, dict) and out.get("resnet_stem") == "auto":
-        out.pop("resnet_stem")
-    return out
-
-
 def upstream_keys(cfg: Config) -> UpstreamKeys:
     data = digest({"stage": "data", "data": _dump(cfg.data), "seed": cfg.seed})
     finetune = digest({"stage": "finetune", "in": data, "generator": _dump(cfg.generator)})
     generate = digest({"stage": "generate", "in": finetune, "generation": _dump(cfg.generation)})
     quality = digest({
         "stage": "quality", "in": generate, "quality": _dump(cfg.quality), "filter": _dump(cfg.filter),
-        "classifier": _classifier(cfg.classifier), "imbalance": _dump(cfg.imbalance),  # the vetting classifier's recipe
+        "classifier": _dump(cfg.classifier), "imbalance": _dump(cfg.imbalance),  # the vetting classifier's recipe
     })
     return UpstreamKeys(data, finetune, generate, quality)
 
@@ -95,6 +86,6 @@ def train_key(policy_cfg: Config, seed: int, upstream: UpstreamKeys) -> str:
     """Key of one classifier: its inputs (quality for synthetic policies, data otherwise), recipe and seed."""
     source = upstream.quality if is_synthetic(policy_cfg) else upstream.data
     return digest({
-        "stage": "train", "in": source, "classifier": _classifier(policy_cfg.classifier), "mix": _dump(policy_cfg.mix),
+        "stage": "train", "in": source, "classifier": _dump(policy_cfg.classifier), "mix": _dump(policy_cfg.mix),
         "imbalance": _dump(policy_cfg.imbalance), "seed": int(seed),
     })

@@ -14,6 +14,9 @@ class FilterConfig(BaseModel):
 
     enabled: bool = Field(True, description="vet the synthetic set before training (strongly recommended)")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="tau: keep if a real-data classifier gives the intended class >= tau")
+    balanced_vetting: bool = Field(
+        True, description="train the vetting classifier with class-balanced resampling when imbalance.method is none "
+                          "(a plain classifier on long-tailed data rejects the tail-class images that matter most)")
     drop_near_duplicates: bool = True
     drop_copies: bool = True
     near_duplicate_space: Literal["pixel", "feature"] = "pixel"
