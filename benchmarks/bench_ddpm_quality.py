@@ -3,6 +3,7 @@
 Each preset trains towards ``--train-steps`` with a checkpoint every ``--every`` steps; at each checkpoint the EMA
 weights are sampled (``--n`` images, labels of ``n`` real test images) and scored against the real test images.
 Resumable: rerun the same command to continue (checkpoints, timings and features live under ``--work``).
+``--phase`` splits the work across machines: train here, sample the EMA checkpoints on a GPU, score here.
 
     python benchmarks/bench_ddpm_quality.py --presets S,M --train-steps 3000 --every 500 --n 500
 """
@@ -43,6 +44,7 @@ def generator_at(work: Path, preset: str, step: int, **overrides):
 
 
 def main() -> None:
+    import numpy as np
     import torch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,18 +52,24 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=3000)
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument("--every", type=int, default=500)
+    p.add_argument("--minutes", type=float, default=None, help="stop adding checkpoints once training has run this long")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-gamma (<= 0: plain MSE)")
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--phase", default="all", choices=["all", "train", "sample", "score"],
+                   help="all: train, sample and score at each checkpoint; or one phase alone (train on the CPU, "
+                        "sample the kept EMA checkpoints on a GPU with --device cuda, score where the Inception "
+                        "weights are)")
+    p.add_argument("--device", default="cpu", help="sampling device")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_ddpm_quality"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    xr, yr = blood("test", args.n, seed=1)
     args.work.mkdir(parents=True, exist_ok=True)
-    real = cached(args.work / f"real_test_{args.n}.npy", lambda: inception_features(xr))
+    xr, yr = blood("test", args.n, seed=1)
+    real = None
     print("| preset | step | training wall (min) | FID dpmpp-20 |\n|---|---|---|---|")
     for preset in args.presets.split(","):
         over = train_overrides(args)
@@ -71,16 +79,32 @@ def main() -> None:
         log = work / "points.json"
         points = json.loads(log.read_text()) if log.is_file() else {}
         for step in range(args.every, args.train_steps + 1, args.every):
-            if str(step) not in points:
+            pt = points.get(str(step), {})
+            if args.phase in ("all", "train") and "minutes" not in pt:
+                if args.minutes is not None and points and max(q["minutes"] for q in points.values()) >= args.minutes:
+                    break
                 _, spent = train_model(preset, args.train_steps, work, None, args.train_batch, stop_after=step,
-                                       checkpoint_every=args.every, **train_overrides(args))
-                gen = generator_at(work, preset, step, **train_overrides(args))
-                imgs = gen.sample(yr.tolist(), list(range(len(yr))), sampler="dpmpp", steps=20,
-                                  guidance=args.guidance, batch_size=100)
-                points[str(step)] = {"minutes": spent / 60, "fid": fid(real, inception_features(imgs))}
-                log.write_text(json.dumps(points))
-            pt = points[str(step)]
-            print(f"| {preset} | {step} | {pt['minutes']:.1f} | {pt['fid']:.1f} |", flush=True)
+                                       checkpoint_every=args.every, **over)
+                pt["minutes"] = spent / 60
+            if "minutes" not in pt:
+                break
+            imgs_path = work / f"imgs-{step:07d}-n{args.n}-g{args.guidance}.npy"
+            ema_file = work / "checkpoints" / f"step-{step:07d}" / "ema.safetensors"
+            if args.phase == "sample" and not ema_file.is_file():
+                print(f"{preset} step {step}: no {ema_file.relative_to(work)} here, not sampled", flush=True)
+            elif args.phase in ("all", "sample") and not imgs_path.is_file() and "fid" not in pt:
+                gen = generator_at(work, preset, step, **over).to(args.device)
+                np.save(imgs_path, gen.sample(yr.tolist(), list(range(len(yr))), sampler="dpmpp", steps=20,
+                                              guidance=args.guidance, batch_size=100 if args.device == "cpu" else 1000))
+            if args.phase in ("all", "score") and "fid" not in pt and imgs_path.is_file():
+                if real is None:
+                    real = cached(args.work / f"real_test_{args.n}.npy", lambda: inception_features(xr))
+                pt["fid"] = fid(real, inception_features(np.load(imgs_path)))
+                pt["n"] = args.n
+            points[str(step)] = pt
+            log.write_text(json.dumps(points))
+            fid_s = f"{pt['fid']:.1f}" if "fid" in pt else "-"
+            print(f"| {preset} | {step} | {pt['minutes']:.1f} | {fid_s} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("SYNTHMED_SHARED", ROOT.parent / "shared"))  # override: data carried to a GPU machine
 BLOOD = SHARED / "data" / "bloodmnist.npz"
 INCEPTION = SHARED / "weights" / "fid-inception-v3-tf.torchscript.pt"
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
@@ -74,7 +75,7 @@ def cached(path: Path, fn) -> np.ndarray:
 
 
 def train_model(preset: str, steps: int, work: Path, n_train: int | None, batch: int, stop_after: int | None = None,
-                checkpoint_every: int = 250, **overrides):
+                checkpoint_every: int = 250, device: str = "cpu", **overrides):
     """Train (resuming) on BloodMNIST train; returns the EMA generator and the training wall time recorded so far."""
     from synthmed.data.dataset import ImageSet
     from synthmed.generators.config import DDPMConfig
@@ -89,7 +90,7 @@ def train_model(preset: str, steps: int, work: Path, n_train: int | None, batch:
     spent = json.loads(log.read_text())["seconds"] if log.is_file() else 0.0
     t0 = time.time()
     try:
-        res = train_ddpm(cfg, data, CLASSES, work, seed=0, device="cpu", stop_after=stop_after)
+        res = train_ddpm(cfg, data, CLASSES, work, seed=0, device=device, stop_after=stop_after)
         gen = res.generator
     except SimulatedInterrupt:
         gen = None
@@ -123,40 +124,69 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--batch", type=int, default=100, help="sampling batch")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="training and sampling device (cuda: timings are GPU timings)")
+    p.add_argument("--no-fid", action="store_true",
+                   help="train and sample only (images kept as gen_*_imgs.npy); rerun without it where the "
+                        "Inception weights are to score them")
+    p.add_argument("--score-only", action="store_true",
+                   help="score images sampled earlier (e.g. on a GPU machine with --no-fid); no training here")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_ddpm_samplers"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    gen, train_s = train_model(args.preset, args.train_steps, args.work, args.n_train, args.train_batch,
-                               checkpoint_every=args.checkpoint_every, **train_overrides(args))
+    info_path = args.work / "train_info.json"
+    if args.score_only:
+        gen, info = None, json.loads(info_path.read_text())
+    else:
+        gen, train_s = train_model(args.preset, args.train_steps, args.work, args.n_train, args.train_batch,
+                                   checkpoint_every=args.checkpoint_every, device=args.device,
+                                   **train_overrides(args))
+        gen = gen.to(args.device)
+        info = {"train_s": train_s, "device": args.device, "torch": torch.__version__,
+                "diffusers": diffusers.__version__, "params_m": sum(p.numel() for p in gen.unet.parameters()) / 1e6}
+        info_path.write_text(json.dumps(info))
     xr, yr = blood("test", args.n, seed=1)
-    real = cached(args.work / f"real_test_{args.n}.npy", lambda: inception_features(xr))
-    xt, _ = blood("train", args.n, seed=2)
-    base = fid(real, cached(args.work / f"real_train_{args.n}.npy", lambda: inception_features(xt)))
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, threads {args.threads}; preset "
-          f"{args.preset} ({sum(p.numel() for p in gen.unet.parameters()) / 1e6:.2f} M params), "
-          f"{args.train_steps} steps x batch {args.train_batch}, training wall {train_s / 60:.1f} min; "
-          f"n={args.n}, guidance {args.guidance}")
-    base_kid = kid(real, np.load(args.work / f"real_train_{args.n}.npy"))[0]
-    print(f"real train vs real test (n={args.n} each): FID {base:.1f}, KID x 1e3 {base_kid * 1e3:.1f}")
     specs = [spec.split(":") for spec in args.samplers.split(",")]
+    for name, steps, *rest in specs:  # sample (or reuse) every sampler's images first, then score
+        n = int(rest[0]) if rest else args.n
+        if n > args.n:
+            raise SystemExit(f"{':'.join([name, steps, *rest])}: n {n} > --n {args.n}")
+        imgs_path = args.work / f"gen_{name}{steps}_g{args.guidance}_{n}of{args.n}_imgs.npy"
+        timing = imgs_path.with_name(imgs_path.name.replace("_imgs.npy", ".json"))
+        if not imgs_path.is_file() and not imgs_path.with_name(imgs_path.name.replace("_imgs", "")).is_file():
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.time()
+            imgs = gen.sample(yr[:n].tolist(), list(range(n)), sampler=name, steps=int(steps),
+                              guidance=args.guidance, batch_size=args.batch)
+            timing.write_text(json.dumps({"s_per_img": (time.time() - t0) / n, "threads": args.threads,
+                                          "device": args.device, "batch": args.batch}))
+            np.save(imgs_path, imgs)
+            print(f"sampled {name}-{steps}: n={n}, {(time.time() - t0) / n:.4f} s/img on {args.device}", flush=True)
+    if args.no_fid:
+        print(f"training wall {info['train_s'] / 60:.1f} min; images under {args.work} (--no-fid)")
+        return
+    real = cached(args.work / f"real_test_{args.n}.npy", lambda: inception_features(xr))
     n_min = min(int(rest[0]) if rest else args.n for _, _, *rest in specs)
+    xt, _ = blood("train", n_min, seed=2)  # the real-vs-real reference at the table's smallest n
+    f_train = cached(args.work / f"real_train_{n_min}.npy", lambda: inception_features(xt))
+    base = fid(real[:n_min], f_train)
+    print(f"trained and sampled with torch {info['torch']}, diffusers {info['diffusers']} on {info['device']} "
+          f"(threads {args.threads}); preset {args.preset} ({info['params_m']:.2f} M params), {args.train_steps} "
+          f"steps x batch {args.train_batch}, training wall {info['train_s'] / 60:.1f} min; n={args.n}, "
+          f"guidance {args.guidance}")
+    base_kid = kid(real[:n_min], f_train)[0]
+    print(f"real train vs real test (n={n_min} each): FID {base:.1f}, KID x 1e3 {base_kid * 1e3:.1f}")
     # image i depends only on (label i, seed i): the first n_min images of every sampler are the same draws
     print(f"| sampler | steps | n | s/img | FID (n vs n real) | FID (first {n_min} vs {n_min}) | KID x 1e3 (mean +- std) |"
           "\n|---|---|---|---|---|---|---|")
     for name, steps, *rest in specs:
         spec = ":".join([name, steps, *rest])
         n = int(rest[0]) if rest else args.n
-        if n > args.n:
-            raise SystemExit(f"{spec}: n {n} > --n {args.n}")
-        path = args.work / f"gen_{name}{steps}_g{args.guidance}_{n}of{args.n}.npy"
+        path = args.work / f"gen_{name}{steps}_g{args.guidance}_{n}of{args.n}.npy"  # Inception features
         timing = path.with_suffix(".json")
         if not path.is_file():
-            t0 = time.time()
-            imgs = gen.sample(yr[:n].tolist(), list(range(n)), sampler=name, steps=int(steps),
-                              guidance=args.guidance, batch_size=args.batch)
-            timing.write_text(json.dumps({"s_per_img": (time.time() - t0) / n, "threads": args.threads}))
-            np.save(path, inception_features(imgs))
+            np.save(path, inception_features(np.load(path.with_name(path.stem + "_imgs.npy"))))
         dt = json.loads(timing.read_text())["s_per_img"] if timing.is_file() else float("nan")
         feats = np.load(path)
         k, ks = kid(real, feats)

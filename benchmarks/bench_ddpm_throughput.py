@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOOD = ROOT.parent / "shared" / "data" / "bloodmnist.npz"
+BLOOD = Path(os.environ.get("SYNTHMED_SHARED", ROOT.parent / "shared")) / "data" / "bloodmnist.npz"
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so that a timestamp marks a finished step (a no-op on the CPU)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def load_images(n: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -42,6 +50,7 @@ def run_ours(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray) -
     stamps: list[float] = []
 
     def timed_loss(*a):  # called once per step: the interval between calls is one full training step
+        sync(args.device)
         stamps.append(time.perf_counter())
         return compute_loss(*a)
 
@@ -50,7 +59,7 @@ def run_ours(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray) -
     data = ImageSet(images, labels, [str(i) for i in range(len(labels))])
     classes = [str(c) for c in range(int(labels.max()) + 1)]
     with tempfile.TemporaryDirectory() as tmp:
-        train_ddpm(cfg, data, classes, Path(tmp), seed=0, device="cpu", progress=False, loss_fn=timed_loss)
+        train_ddpm(cfg, data, classes, Path(tmp), seed=0, device=args.device, progress=False, loss_fn=timed_loss)
     return np.diff(stamps)[args.warmup:].tolist()
 
 
@@ -80,7 +89,7 @@ def run_reference(args: argparse.Namespace, images: np.ndarray, labels: np.ndarr
         def __getitem__(self, i: int):
             return {"input": self.tf(Image.fromarray(images[i]).convert("RGB")), "label": int(labels[i])}
 
-    acc = Accelerator(mixed_precision="no", cpu=True)
+    acc = Accelerator(mixed_precision="no", cpu=args.device == "cpu")
     torch.manual_seed(0)
     model = build_unet(resolve_arch(DDPMConfig(preset=args.preset)), 3, int(labels.max()) + 1, 32)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
@@ -94,10 +103,11 @@ def run_reference(args: argparse.Namespace, images: np.ndarray, labels: np.ndarr
     step = 0
     while step < total:
         for batch in loader:
+            sync(args.device)
             stamps.append(time.perf_counter())
             clean = batch["input"]
-            noise = torch.randn(clean.shape)
-            t = torch.randint(0, 1000, (clean.shape[0],)).long()
+            noise = torch.randn(clean.shape, device=clean.device)
+            t = torch.randint(0, 1000, (clean.shape[0],), device=clean.device).long()
             noisy = sched.add_noise(clean, noise, t)
             with acc.accumulate(model):
                 pred = model(noisy, t, class_labels=batch["label"]).sample
@@ -122,9 +132,10 @@ def child(args: argparse.Namespace) -> None:
     fn = run_ours if args.mode == "ours" else run_reference
     dts = fn(args, images, labels)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
     print(json.dumps({"mode": args.mode, "data": what, "step_s_median": float(np.median(dts)),
                       "img_per_s": args.batch / float(np.median(dts)), "steps_timed": len(dts),
-                      "peak_rss_mb": rss_mb}))
+                      "peak_rss_mb": rss_mb, "peak_gpu_mb": gpu_mb}))
 
 
 def main() -> None:
@@ -136,6 +147,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--n-images", type=int, default=4000)
     p.add_argument("--precision", default="auto", help="our loop's mixed_precision (reference is fp32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (GPU: timings sync every step in both loops)")
     p.add_argument("--mode", choices=["ours", "reference", "both"], default="both")
     p.add_argument("--rounds", type=int, default=1, help="alternate reference/ours this many times; best of each")
     args = p.parse_args()
@@ -158,12 +170,14 @@ def main() -> None:
                 best[mode] = r
     results = [best["reference"], best["ours"]]
     ref, ours = results
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, cpu threads {args.threads}, "
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, device {dev}, cpu threads {args.threads}, "
           f"best of {args.rounds} alternating round(s), "
           f"preset {args.preset}, batch {args.batch}, {ours['data']}")
-    print("| loop | img/s | median step (s) | peak RSS (MB) |\n|---|---|---|---|")
+    print("| loop | img/s | median step (s) | peak RSS (MB) | peak GPU memory (MB) |\n|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['mode']} | {r['img_per_s']:.1f} | {r['step_s_median']:.3f} | {r['peak_rss_mb']:.0f} |")
+        gpu = "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}"
+        print(f"| {r['mode']} | {r['img_per_s']:.1f} | {r['step_s_median']:.4f} | {r['peak_rss_mb']:.0f} | {gpu} |")
     print(f"speed-up ours/reference: {ours['img_per_s'] / ref['img_per_s']:.2f}x; "
           f"RSS ours/reference: {ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f}")
 

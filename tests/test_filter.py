@@ -87,3 +87,33 @@ def test_vetting_classifier_is_class_balanced_unless_told_otherwise() -> None:
     assert vetting_config(with_overrides(cfg, {"filter.balanced_vetting": False})).imbalance.method == "none"
     la = with_overrides(cfg, {"imbalance.method": "logit_adjustment"})
     assert vetting_config(la).imbalance.method == "logit_adjustment", "an explicit imbalance method is kept"
+
+
+def test_class_thresholds_follow_real_val_confidence_capped_at_tau() -> None:
+    # class 0: the classifier is sure of real images; class 1: unsure even on real ones; class 2: no val images
+    real_conf = np.array([0.95, 0.9, 0.99, 0.97, 0.2, 0.3, 0.4, 0.25])
+    real_labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    th = filtering.class_thresholds(real_conf, real_labels, 3, tau=0.5, quantile=0.0)
+    assert th.tolist() == [0.5, 0.2, 0.5], "never above tau; the minimum of class 1's real confidences"
+    th_q = filtering.class_thresholds(real_conf, real_labels, 3, tau=0.5, quantile=0.5)
+    assert abs(th_q[1] - np.quantile([0.2, 0.3, 0.4, 0.25], 0.5)) < 1e-12
+
+
+def test_decide_uses_per_class_thresholds() -> None:
+    cfg = FilterConfig(min_confidence=0.5, drop_near_duplicates=False)
+    labels = np.array([0, 0, 1, 1])
+    conf = np.array([0.45, 0.6, 0.45, 0.1])
+    assert filtering.decide(_ids(4), labels, conf, cfg).kept.tolist() == [False, True, False, False]
+    r = filtering.decide(_ids(4), labels, conf, cfg, thresholds=np.array([0.5, 0.3]))
+    assert r.kept.tolist() == [False, True, True, False]
+    assert r.reasons == ["low_confidence", "", "", "low_confidence"]
+
+
+def test_per_class_confidence_config() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    assert FilterConfig().per_class_confidence == "off"
+    assert FilterConfig(per_class_confidence="real_val", real_val_quantile=0.2).real_val_quantile == 0.2
+    with pytest.raises(ValidationError):
+        FilterConfig(per_class_confidence="sometimes")

@@ -163,12 +163,12 @@ def test_live_display_and_eta(tmp_path: Path, fake_log: Path) -> None:
     with d.unit("finetune"):
         pass
     assert d.eta() == "ETA ?", "a long upstream stage says nothing about the classifiers"
-    with d.unit("train/a/seed0"):
+    with d.unit("train/a/seed0", classifier=True):
         pass
     d.skip("train/b/seed0", "cached")
     assert d.done == 3 and d.eta().startswith("ETA ") and d.eta() != "ETA ?"
     with pytest.raises(ValueError):
-        with d.unit("train/c/seed0"):
+        with d.unit("train/c/seed0", classifier=True):
             raise ValueError("boom")
     assert d.done == 3
     p = Display(4, live=False)

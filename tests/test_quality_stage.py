@@ -119,3 +119,22 @@ def test_rerun_reuses_classifiers_and_cache_and_disabled_filter(run: tuple[Path,
     rows = SyntheticSet(run_dir).read_manifest()
     assert all(r["kept"] for r in rows) and all(float(r["confidence"]) >= 0 for r in rows)
     assert len(list((run_dir / "synthetic").rglob("*.png"))) == 30  # files are never deleted
+
+
+def test_per_class_thresholds_from_real_val(run: tuple[Path, Path]) -> None:
+    cfg_path, run_dir = run
+    args = ["--set", "filter.per_class_confidence=real_val", "--set", "filter.min_confidence=0.99",
+            "--set", "filter.real_val_quantile=0.1"]
+    assert main(["quality", str(cfg_path), "-o", str(run_dir), *args]) == 0
+    q = json.loads((run_dir / "quality" / "quality.json").read_text())
+    th = q["filter"]["class_thresholds"]
+    assert q["filter"]["per_class_confidence"] == "real_val" and set(th) == set(q["classes"])
+    assert all(0.0 <= v <= 0.99 for v in th.values())
+    rows = SyntheticSet(run_dir).read_manifest()
+    for r in rows:  # every confidence decision follows its own class's threshold, not the global 0.99
+        below = float(r["confidence"]) < th[r["class_name"]]
+        if r["filter_reason"] == "low_confidence":
+            assert below
+        elif r["filter_reason"] in ("", "near_duplicate"):
+            assert not below
+    assert any(r["kept"] for r in rows), "tau = 0.99 alone would keep (almost) nothing"

@@ -57,8 +57,10 @@ def eval_duplicate_mask(pool: ImageSet, val: ImageSet, test: ImageSet, cfg: Data
     classifier and the generator, so it goes (with a warning; an error under ``strict``).
     """
     drop = np.zeros(len(pool), dtype=bool)
+    pool_hashes = [pixel_hash(img) for img in pool.images]  # each image is hashed once
     for name, other in (("val", val), ("test", test)):
-        pairs = duplicate_pairs(pool.images, pool.ids, other.images, other.ids)
+        other_hashes = [pixel_hash(img) for img in other.images]
+        pairs = duplicate_pairs(pool_hashes, pool.ids, other_hashes, other.ids)
         if not pairs:
             continue
         a, b = pairs[0]
@@ -66,8 +68,8 @@ def eval_duplicate_mask(pool: ImageSet, val: ImageSet, test: ImageSet, cfg: Data
                f"(e.g. train '{a}' = {name} '{b}')")
         if cfg.strict:
             raise DataError(msg + "; remove the duplicates or drop --strict")
-        hashes = {pixel_hash(img) for img in other.images}
-        hit = np.array([pixel_hash(img) in hashes for img in pool.images], dtype=bool)
+        hashes = set(other_hashes)
+        hit = np.array([h in hashes for h in pool_hashes], dtype=bool)
         drop |= hit
         warn.append(msg + f"; {int(hit.sum())} such train image(s) removed from training")
     return drop

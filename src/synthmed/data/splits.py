@@ -14,7 +14,6 @@ import numpy as np
 
 from synthmed.data.config import DataConfig
 from synthmed.errors import ConfigError, DataError
-from synthmed.io import pixel_hash
 
 
 def _stratified(labels: np.ndarray, idx: np.ndarray, fracs: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -156,14 +155,15 @@ def subset_indices(labels: np.ndarray, classes: list[str], cfg: DataConfig, warn
 # ------------------------------------------------------------------------------------------------ leakage
 
 
-def duplicate_pairs(train_images: np.ndarray, train_ids: list[str], other_images: np.ndarray, other_ids: list[str]) -> list[tuple[str, str]]:
-    """(train id, other id) pairs with identical pixels."""
+def duplicate_pairs(train_hashes: Sequence[str], train_ids: Sequence[str], other_hashes: Sequence[str],
+                    other_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """(train id, other id) pairs with identical pixels, from ``io.pixel_hash`` values computed once per image."""
     seen: dict[str, str] = {}
-    for img, i in zip(train_images, train_ids):
-        seen.setdefault(pixel_hash(img), i)
+    for h, i in zip(train_hashes, train_ids):
+        seen.setdefault(h, i)
     pairs = []
-    for img, j in zip(other_images, other_ids):
-        hit = seen.get(pixel_hash(img))
+    for h, j in zip(other_hashes, other_ids):
+        hit = seen.get(h)
         if hit is not None:
             pairs.append((hit, j))
     return pairs

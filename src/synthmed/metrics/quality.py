@@ -116,14 +116,16 @@ def _accuracy(clf: Any, test: ImageSet, n_classes: int) -> dict[str, Any]:
     return {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
 
 
-def _gate(cfg: Config, fid_block: dict[str, Any], conf: np.ndarray, audit: memorization.AuditResult) -> dict[str, Any]:
-    """Pass/fail of the synthetic set with the reasons (thresholds in ``filter.gate_*``)."""
+def _gate(cfg: Config, fid_block: dict[str, Any], conf: np.ndarray, audit: memorization.AuditResult,
+          tau: np.ndarray | float) -> dict[str, Any]:
+    """Pass/fail of the synthetic set with the reasons (thresholds in ``filter.gate_*``); ``tau`` is the
+    confidence threshold, per image when thresholds are per class."""
     f = cfg.filter
     reasons: list[str] = []
     syn, ref = fid_block["synthetic_all"]["overall"], fid_block["real_reference"]["overall"]
     fid_ratio = syn["fid"] / ref["fid"] if ref["fid"] and ref["fid"] > 0 else math.nan
     prec_ratio = syn["precision"] / ref["precision"] if ref["precision"] and ref["precision"] > 0 else math.nan
-    classifier_kept = float((conf >= f.min_confidence).mean()) if len(conf) else math.nan
+    classifier_kept = float((conf >= tau).mean()) if len(conf) else math.nan
     copy_fraction = audit.summary["flagged_fraction"]
     if f.gate_max_fid_ratio is not None and fid_ratio > f.gate_max_fid_ratio:
         reasons.append(f"FID is {fid_ratio:.2f}x the real-vs-real reference (max {f.gate_max_fid_ratio})")
@@ -199,12 +201,18 @@ def run_quality(cfg: Config, run_dir: str | Path) -> Path:
     else:
         dup_vec = f_syn
         dup_thr = f.near_duplicate_threshold if f.near_duplicate_threshold is not None else audit.thresholds["feature"]
-    decision = filtering.decide(syn_set_ids(rows), syn.labels, conf, f, audit.flags, dup_vec, dup_thr)
+    thresholds = None
+    if f.per_class_confidence == "real_val":
+        val_conf = filtering.intended_confidence(clf.predict_proba(real.val.images), real.val.labels)
+        thresholds = filtering.class_thresholds(val_conf, real.val.labels, C, f.min_confidence, f.real_val_quantile)
+    decision = filtering.decide(syn_set_ids(rows), syn.labels, conf, f, audit.flags, dup_vec, dup_thr, thresholds)
     syn_set.write_manifest(filtering.apply_to_manifest(rows, decision, conf))
     out["vetted"] = decision.vetted
     if not decision.vetted:
         _echo("warning: filter.enabled is false: the synthetic set was NOT vetted (all images kept)")
     out["filter"] = {**filtering.filter_stats(syn.labels, decision, classes), "min_confidence": f.min_confidence,
+                     "per_class_confidence": f.per_class_confidence,
+                     "class_thresholds": (dict(zip(classes, thresholds.tolist())) if thresholds is not None else None),
                      "near_duplicate": {"space": f.near_duplicate_space, "threshold": dup_thr}}
     out["confidence"] = {"model": "real_classifier", "test_of_real_classifier": trtr,
                          "mean_per_class": {n: float(conf[syn.labels == c].mean()) if (syn.labels == c).any() else None
@@ -240,7 +248,7 @@ def run_quality(cfg: Config, run_dir: str | Path) -> Path:
     galleries.closest_pairs(syn.images, gen_train.images, audit.pixel_distance, audit.pixel_index, syn.ids,
                             gdir / "closest_pairs.png", flags=audit.flags)
     out["galleries"]["closest_pairs"] = "closest_pairs.png"
-    out["gate"] = _gate(cfg, fid_block, conf, audit)
+    out["gate"] = _gate(cfg, fid_block, conf, audit, thresholds[syn.labels] if thresholds is not None else f.min_confidence)
     out["feature_cache"] = {"hits": cache.hits, "misses": cache.misses}
     path = qdir / QUALITY_JSON
     atomic_write_json(path, _clean(out))

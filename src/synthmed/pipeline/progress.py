@@ -17,9 +17,6 @@ from contextlib import contextmanager
 from typing import Any
 
 
-#: units that are pipeline stages; every other unit is one classifier (run: train/<policy>/seed<k>; sweep: point)
-STAGE_UNITS = frozenset({"data", "finetune", "generate", "quality", "evaluate", "report"})
-
 
 def _fmt(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -91,13 +88,13 @@ class Display:
         self.log(f"{self.done}/{self.total} {name}: {reason}")
 
     @contextmanager
-    def unit(self, name: str, note: str = "") -> Iterator[None]:
-        """Time one unit of work; a failure is reported and re-raised."""
+    def unit(self, name: str, note: str = "", classifier: bool = False) -> Iterator[None]:
+        """Time one unit of work; a failure is reported and re-raised. The ETA is drawn from ``classifier`` units
+        only (one classifier per policy and seed): a long upstream stage says nothing about the rest."""
         self._update(f"{name} ...")
         self.log(f"{self.done + 1}/{self.total} {name}: {note or 'running'} ({self.eta()})")
         t = time.monotonic()
         self.t_first = self.t_first or t
-        classifier = name not in STAGE_UNITS
         if classifier and self.t_classifiers is None:
             self.t_classifiers = t
         try:

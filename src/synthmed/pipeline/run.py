@@ -68,17 +68,27 @@ def parse_force(force: list[str] | None) -> set[str]:
     return out
 
 
+def stage_status(state: State, name: str, key: str, outputs: list[str], forced: bool = False) -> str:
+    """``done`` (cached with the same key and its first output present), ``running`` (interrupted: resume) or ``new``."""
+    if forced:
+        return "new"
+    status = state.status(name, key)
+    if status == "done" and not all((state.run_dir / o).exists() for o in outputs[:1]):
+        return "new"
+    return status
+
+
 def run_stage(state: State, display: Display, name: str, key: str, inputs: list[str], outputs: list[str],
-              fn: Callable[[], Any], forced: bool = False) -> bool:
-    """Skip, resume or freshly run one stage; returns whether it ran."""
-    status = "new" if forced else state.status(name, key)
-    if status == "done" and all((state.run_dir / o).exists() for o in outputs[:1]):
+              fn: Callable[[], Any], forced: bool = False, classifier: bool = False) -> bool:
+    """Skip, resume or freshly run one stage (``classifier``: one classifier unit); returns whether it ran."""
+    status = stage_status(state, name, key, outputs, forced)
+    if status == "done":
         display.skip(name, "cached")
         return False
     note = "resuming" if status == "running" else ("forced" if forced else "running")
     if status != "running":
         state.start(name, key, inputs, outputs)
-    with display.unit(name, note):
+    with display.unit(name, note, classifier=classifier):
         fn()
     state.finish(name)
     return True
@@ -172,13 +182,14 @@ def _train_units(cfg: Config, run_dir: Path, state: State, display: Display,
                  units: list[tuple[str, int, str, bool]], forced: bool, workers: int) -> None:
     """The train stage: one classifier per (policy, seed), cached by key; in parallel when ``workers`` > 1."""
     train = stage_fn("train")
-    pending = [u for u in units if forced or state.status(f"train/{u[0]}/seed{u[1]}", u[2]) != "done"
-               or not (run_dir / f"classifiers/{u[0]}/seed{u[1]}").exists()]
+    pending = [u for u in units if stage_status(state, f"train/{u[0]}/seed{u[1]}", u[2],
+                                                [f"classifiers/{u[0]}/seed{u[1]}"], forced) != "done"]
     if workers == 1 or len(pending) <= 1:
         for policy, seed, key, synth in units:
             run_stage(state, display, f"train/{policy}/seed{seed}", key, ["quality" if synth else "data"],
                       [f"classifiers/{policy}/seed{seed}"],
-                      lambda p=policy, s=seed: train(cfg, run_dir, policies=[p], seeds=[s]), forced=forced)
+                      lambda p=policy, s=seed: train(cfg, run_dir, policies=[p], seeds=[s]), forced=forced,
+                      classifier=True)
         return
     from synthmed.pipeline.workers import TrainJob, train_in_pool
 
@@ -186,8 +197,8 @@ def _train_units(cfg: Config, run_dir: Path, state: State, display: Display,
     cfg_json = cfg.model_dump(mode="json", by_alias=True)
     for policy, seed, key, synth in units:
         name, out = f"train/{policy}/seed{seed}", f"classifiers/{policy}/seed{seed}"
-        status = "new" if forced else state.status(name, key)
-        if status == "done" and (run_dir / out).exists():
+        status = stage_status(state, name, key, [out], forced)
+        if status == "done":
             display.skip(name, "cached")
             continue
         if status != "running":

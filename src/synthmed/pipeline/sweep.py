@@ -297,7 +297,7 @@ def _train_all(todo: list[Unit], run_dir: Path, workers: int, display: Display,
 
     if workers == 1 or len(jobs) <= 1:
         for u, pdir, st in jobs:
-            with display.unit(f"{u.point.pid} {u.policy} seed{u.seed}"):
+            with display.unit(f"{u.point.pid} {u.policy} seed{u.seed}", classifier=True):
                 finish(u, pdir, st, train_unit(spec, u.point.cfg.model_dump(mode="json", by_alias=True),
                                                str(pdir), u.policy, u.seed, 0))
         return

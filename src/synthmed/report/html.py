@@ -263,6 +263,9 @@ def _filter_section(q: dict[str, Any] | None) -> str:
     rows = [[escape(str(name)), _fmt(b.get("generated")), _fmt(b.get("kept")), _fmt(b.get("kept_fraction"))]
             + [_fmt((b.get("dropped") or {}).get(r)) for r in reasons] for name, b in blocks]
     body += f"<p>Confidence threshold tau = {_fmt(filt.get('min_confidence'))}.</p>"
+    if isinstance(filt.get("class_thresholds"), dict):
+        body += ("<p>Per-class thresholds (min of tau and the real val images' confidence quantile): "
+                 + ", ".join(f"{escape(str(k))} {_fmt(v)}" for k, v in filt["class_thresholds"].items()) + ".</p>")
     body += _table(["class", "generated", "kept", "kept fraction", *[f"dropped: {r}" for r in reasons]], rows)
     return body
 

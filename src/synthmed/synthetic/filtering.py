@@ -2,7 +2,8 @@
 
 An image is dropped, with the first reason that applies, when it is
 1. ``memorized_copy``: flagged by the memorization audit (``filter.drop_copies``);
-2. ``low_confidence``: a classifier trained on real data gives its intended class a probability < ``min_confidence``;
+2. ``low_confidence``: a classifier trained on real data gives its intended class a probability below the class's
+   threshold (``min_confidence``, or a per-class threshold from ``class_thresholds``);
 3. ``near_duplicate``: it lies within the duplicate threshold of an earlier (by id) image of the same class that is
    still kept (``filter.drop_near_duplicates``). Duplicates are resolved among survivors of 1-2, so a good image is
    never dropped because its twin was bad.
@@ -54,11 +55,30 @@ def duplicate_pairs(vectors: np.ndarray, members: np.ndarray, threshold: float, 
     return pairs
 
 
+def class_thresholds(real_conf: np.ndarray, real_labels: np.ndarray, n_classes: int, tau: float,
+                     quantile: float) -> np.ndarray:
+    """Per-class confidence thresholds: min(tau, the ``quantile`` of real images' confidence in their own class).
+
+    ``real_conf`` are the vetting classifier's intended-class probabilities on held-out real images (val). A class
+    without real images keeps ``tau``.
+    """
+    real_conf = np.asarray(real_conf, np.float64)
+    real_labels = np.asarray(real_labels, np.int64)
+    out = np.full(n_classes, float(tau))
+    for c in range(n_classes):
+        member = real_conf[real_labels == c]
+        if len(member):
+            out[c] = min(float(tau), float(np.quantile(member, quantile)))
+    return out
+
+
 def decide(
     ids: Sequence[str], labels: np.ndarray, confidences: np.ndarray, filter_cfg: Any,
     copy_flags: np.ndarray | None = None, dup_vectors: np.ndarray | None = None, dup_threshold: float | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> FilterResult:
-    """Keep/drop each image (see the module docstring); ``dup_vectors`` are pixel or feature vectors."""
+    """Keep/drop each image (see the module docstring); ``dup_vectors`` are pixel or feature vectors;
+    ``thresholds`` (one per class) replace ``filter_cfg.min_confidence`` when given."""
     n = len(ids)
     labels = np.asarray(labels, np.int64)
     conf = np.asarray(confidences, np.float64)
@@ -71,7 +91,9 @@ def decide(
     if filter_cfg.drop_copies and copy_flags is not None:
         for i in np.flatnonzero(np.asarray(copy_flags, bool)):
             reasons[i] = REASON_COPY
-    for i in np.flatnonzero(conf < filter_cfg.min_confidence):
+    tau = (np.asarray(thresholds, np.float64)[labels] if thresholds is not None
+           else np.full(n, float(filter_cfg.min_confidence)))
+    for i in np.flatnonzero(conf < tau):
         reasons[i] = reasons[i] or REASON_LOW_CONFIDENCE
     if filter_cfg.drop_near_duplicates and dup_vectors is not None and dup_threshold is not None:
         order = sorted(range(n), key=lambda i: ids[i])
