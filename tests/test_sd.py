@@ -260,6 +260,18 @@ def test_base_loading_errors(tmp_path):
         load_pipeline("nobody-has/this-model-xyz", True)
 
 
+def test_lora_stack_version_mismatch_is_one_line(monkeypatch):
+    """transformers >= 5.24 with peft < 0.22 fails at the first text-encoder adapter; we refuse it up front."""
+    import transformers.integrations.peft as tp
+
+    from synthmed.generators.sd_base import check_lora_stack
+
+    check_lora_stack()  # the installed stack is compatible (pyproject caps transformers accordingly)
+    monkeypatch.setattr(tp, "MIN_PEFT_VERSION", "999.0", raising=False)
+    with pytest.raises(UserError, match=r"needs peft >= 999\.0 but peft .* is installed"):
+        check_lora_stack()
+
+
 def test_caching_does_not_change_training(tiny_sd, pbc_subset, tmp_path):
     """Cached VAE latents / text embeddings give the same LoRA as encoding every step."""
     from safetensors.torch import load_file

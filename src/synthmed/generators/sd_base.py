@@ -21,6 +21,27 @@ def derived_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def check_lora_stack() -> None:
+    """Refuse, in one line, a transformers whose LoRA integration needs a newer peft than the one installed.
+
+    transformers checks this only when a text-encoder adapter is added or loaded, i.e. minutes into a run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION
+    except ImportError:  # older transformers: no such constant, no such check
+        return
+    from packaging.version import Version
+
+    try:
+        have = version("peft")
+    except PackageNotFoundError:
+        raise UserError("peft is not installed; LoRA fine-tuning needs it (pip install peft)") from None
+    if Version(have) < Version(MIN_PEFT_VERSION):
+        raise UserError(f"transformers {version('transformers')} needs peft >= {MIN_PEFT_VERSION} but peft {have} "
+                        f"is installed; upgrade peft or install transformers<5.24")
+
+
 # ------------------------------------------------------------------------------------------- device, dtype
 
 

@@ -21,7 +21,7 @@ from synthmed.data.dataset import RealData
 from synthmed.errors import DataError, UserError
 from synthmed.generators.plan import PlanItem, base_row, batches, default_steps, plan_generation, shard
 from synthmed.generators.sd_base import (
-    check_prompts, float_to_uint8, load_pipeline, process_state, to_data_geometry, to_sd_image,
+    check_lora_stack, check_prompts, float_to_uint8, load_pipeline, process_state, to_data_geometry, to_sd_image,
 )
 from synthmed.generators.sd_recipes import resolve
 from synthmed.generators.stable_diffusion import (
@@ -122,6 +122,8 @@ def generate(cfg: Any, run_dir: Path, data: RealData) -> Path:
     st, rt = settings_and_runtime(cfg)
     st = resolve(sd)
     st.lora, st.per_class, st.resolution = meta["settings"]["lora"], meta["settings"]["per_class"], meta["settings"]["resolution"]
+    if st.lora:
+        check_lora_stack()
     gen_dir = run_dir / GENERATOR_DIR
     steps = gen.steps or default_steps(gen.sampler, "stable_diffusion")
     guidance = float(gen.guidance if gen.guidance is not None else st.guidance)

@@ -24,7 +24,7 @@ import numpy as np
 from synthmed.data.dataset import ImageSet, RealData
 from synthmed.errors import ConfigError, MissingStageError
 from synthmed.generators.sd_base import (
-    check_prompts, derived_seed, load_pipeline, pick_device, pick_dtype, process_state,
+    check_lora_stack, check_prompts, derived_seed, load_pipeline, pick_device, pick_dtype, process_state,
 )
 from synthmed.generators.sd_recipes import SDSettings, resolve
 from synthmed.generators.sd_train import LORA_FILE, AdapterJob, Runtime, train_adapter
@@ -114,6 +114,8 @@ def finetune_sd(cfg: Any, run_dir: str | Path, data: RealData) -> Path:
     sd = cfg.generator.stable_diffusion
     st, rt = settings_and_runtime(cfg)
     st = resolve(sd, data.classes)
+    if st.lora:
+        check_lora_stack()
     gen_dir, work = run_dir / GENERATOR_DIR, run_dir / WORK_DIR
     base = load_pipeline(sd.base, cfg.is_offline, rt.dtype, sd.revision, sd.variant)
 
