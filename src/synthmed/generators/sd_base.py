@@ -39,7 +39,7 @@ def check_lora_stack() -> None:
         raise UserError("peft is not installed; LoRA fine-tuning needs it (pip install peft)") from None
     if Version(have) < Version(MIN_PEFT_VERSION):
         raise UserError(f"transformers {version('transformers')} needs peft >= {MIN_PEFT_VERSION} but peft {have} "
-                        f"is installed; upgrade peft or install transformers<5.24")
+                        f"is installed; upgrade peft or install an older transformers")
 
 
 # ------------------------------------------------------------------------------------------- device, dtype
