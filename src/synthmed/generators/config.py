@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from synthmed.generators.edm.config import EDMConfig
 from synthmed.generators.sd_config import StableDiffusionConfig
 
 
@@ -26,6 +27,8 @@ class DDPMConfig(_Strict):
     num_train_timesteps: int = Field(1000, ge=10)
     snr_gamma: float | None = Field(5.0, gt=0, description="min-SNR-gamma loss weighting; None = plain MSE")
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance label dropout")
+    class_power: float = Field(1.0, ge=0.0, le=1.0, description="draw class c with p ~ n_c ** gamma (1 = uniform over "
+                                                              "images, 0 = class-balanced)")
     steps: int = Field(2000, ge=1, description="optimisation steps")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0)
@@ -52,8 +55,9 @@ class DDPMConfig(_Strict):
 class GeneratorConfig(_Strict):
     """Which generator to fit and its settings."""
 
-    kind: Literal["ddpm", "stable_diffusion"] = "ddpm"
+    kind: Literal["ddpm", "edm", "stable_diffusion"] = "ddpm"
     ddpm: DDPMConfig = Field(default_factory=DDPMConfig)
+    edm: EDMConfig = Field(default_factory=EDMConfig)
     stable_diffusion: StableDiffusionConfig = Field(default_factory=StableDiffusionConfig)
 
 
