@@ -45,5 +45,11 @@ class DataConfig(_Strict):
     subset_seed: int = 0
     classes: list[str] | None = Field(None, description="class names in index order; labels outside it are an error")
     strict: bool = Field(False, description="turn warnings (skipped files, duplicates) into errors")
+    orientation_matters: bool | None = Field(
+        None, description="flips/rotations change the label (laterality); None = detect from class names")
+    near_duplicate_distance: int | None = Field(
+        None, ge=0, description="perceptual-hash Hamming distance counted as a near-duplicate (None = documented default)")
+    display_names: dict[str, str] | None = Field(
+        None, description="class name -> display name for prompts and the report (e.g. ig: immature granulocyte)")
     max_image_pixels: int = Field(89_478_485, gt=0, description="decompression-bomb limit (PIL's default)")
     phantom: PhantomConfig = Field(default_factory=PhantomConfig)
