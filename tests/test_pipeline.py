@@ -11,8 +11,10 @@ from synthmed.config import Config, load_config, with_overrides
 from synthmed.errors import ConfigError, UserError
 from synthmed.pipeline import run as run_mod
 from synthmed.pipeline.run import parse_force, run_pipeline
+from synthmed.pipeline.stages import STAGES
 
-FAKES = "test_pipeline_fakes"
+import test_pipeline_fakes as fakes
+
 POLICIES = {
     "real_only": {"mix.policy": "real_only"},
     "resample": {"imbalance.method": "resample"},
@@ -25,7 +27,7 @@ def fake_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for stage, attr in [("data", "load_data"), ("finetune", "finetune"), ("generate", "generate"),
                         ("quality", "run_quality"), ("train", "train"), ("evaluate", "evaluate_run"),
                         ("report", "build_report")]:
-        monkeypatch.setitem(run_mod.STAGE_FUNCS, stage, f"{FAKES}:{attr}")
+        monkeypatch.setattr(STAGES, stage, getattr(fakes, attr))
     log = tmp_path / "calls.log"
     monkeypatch.setenv("FAKE_STAGE_LOG", str(log))
     monkeypatch.delenv("FAKE_FAIL", raising=False)

@@ -45,13 +45,13 @@ def load_data(data_cfg: Any, run_dir: Path | None = None) -> RealData:
     return real
 
 
-def finetune(cfg: Any, run_dir: Path) -> Path:
+def finetune(cfg: Any, run_dir: Path, data: RealData | None = None) -> Path:
     _log("finetune", run_dir)
     atomic_write_text(Path(run_dir) / "generator" / "model.txt", "fake")
     return Path(run_dir) / "generator"
 
 
-def generate(cfg: Any, run_dir: Path) -> Path:
+def generate(cfg: Any, run_dir: Path, data: RealData | None = None) -> Path:
     _log("generate", run_dir)
     sset = SyntheticSet(run_dir)
     rows = []
@@ -65,14 +65,15 @@ def generate(cfg: Any, run_dir: Path) -> Path:
     return sset.root
 
 
-def run_quality(cfg: Any, run_dir: Path) -> Path:
+def run_quality(cfg: Any, run_dir: Path, data: RealData | None = None) -> Path:
     _log("quality", run_dir)
     path = Path(run_dir) / "quality" / "quality.json"
     atomic_write_json(path, {"fid": 12.5, "n_synthetic": 6, "gate": {"passed": True}})
     return path
 
 
-def train(cfg: Any, run_dir: Path, policies: list[str] | None = None, seeds: list[int] | None = None) -> list[dict]:
+def train(cfg: Any, run_dir: Path, policies: list[str] | None = None, seeds: list[int] | None = None,
+          data: RealData | None = None) -> list[dict]:
     rows = []
     for policy in policies or list(cfg.run.policies):
         for seed in seeds or cfg.run.seeds:

@@ -1,4 +1,4 @@
-"""The typed configuration: YAML + ``--set a.b=c`` overrides, validated by pydantic.
+"""The typed configuration (a leaf: it imports only the section models below it): YAML + ``--set a.b=c`` overrides, validated by pydantic.
 
 Each section's model lives next to the code it configures (``data/config.py``, ``generators/config.py`` ...)
 so that a stage and its settings change together; this module assembles them, loads YAML, applies overrides
@@ -21,8 +21,33 @@ from synthmed.errors import ConfigError
 from synthmed.generators.config import GenerationConfig, GeneratorConfig
 from synthmed.io import atomic_write_text
 from synthmed.metrics.config import QualityConfig
-from synthmed.pipeline.config import RunConfig, SweepConfig
 from synthmed.synthetic.config import FilterConfig
+
+
+class RunConfig(BaseModel):
+    """What ``synthmed run`` trains: every named policy for every seed."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    policies: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"real_only": {"mix.policy": "real_only"}},
+        description="policy name -> dotted overrides of mix/imbalance/classifier (e.g. {'mix.policy': 'ratio'})",
+    )
+    keep_stale: bool = Field(
+        False, description="keep outputs invalidated by a changed setting under RUN_DIR/.stale/ instead of deleting them"
+    )
+
+
+class SweepConfig(BaseModel):
+    """A grid over any config keys; the generator and synthetic set are shared by all grid points."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values")
+    policies: list[str] | None = Field(
+        None, description="names from run.policies trained at every grid point (None = all of run.policies)"
+    )
 
 
 class Config(BaseModel):

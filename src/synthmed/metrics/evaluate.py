@@ -1,7 +1,8 @@
 """``synthmed evaluate``: the metrics table over seeds and the paired differences between policies.
 
-A policy is *synthetic* when its ``mix.policy`` is not ``real_only``; *classical* when it is ``real_only`` with an
-``imbalance.method`` other than ``none``; the *baseline* is the policy named ``real_only`` (else the first real-only
+A policy's kind (``real_only`` / ``classical`` / ``synthetic``) is the ``policy_kind`` its classifiers wrote into
+``metrics.json`` (decided in one place, ``classifiers/policies.py``: a policy that reads no synthetic image is never
+synthetic); older run directories fall back to the images actually used. The *baseline* is the policy named ``real_only`` (else the first real-only
 policy without an imbalance method). Every policy is compared with the baseline and with the best classical
 baseline (highest mean test balanced accuracy), paired on the seeds both have.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from synthmed.errors import DataError, MissingStageError
+from synthmed.layout import RunLayout
 from synthmed.metrics.stats import paired_difference, summarize
 
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc_macro_ovr")
@@ -20,7 +22,7 @@ METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc_macro_ovr")
 
 def load_runs(run_dir: str | Path) -> dict[str, dict[int, dict[str, Any]]]:
     """policy -> seed -> metrics.json contents."""
-    root = Path(run_dir) / "classifiers"
+    root = RunLayout(run_dir).classifiers
     if not root.is_dir():
         raise MissingStageError(f"classifier results ({root})", "train")
     runs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -36,10 +38,12 @@ def load_runs(run_dir: str | Path) -> dict[str, dict[int, dict[str, Any]]]:
 
 
 def kind_of(m: dict[str, Any]) -> str:
-    mix = (m.get("mix") or {}).get("policy", "real_only")
-    method = (m.get("imbalance") or {}).get("method", "none")
-    if mix != "real_only":
+    """The policy kind recorded by the train stage; for older runs, from the images it actually trained on."""
+    if m.get("policy_kind") in ("real_only", "classical", "synthetic"):
+        return str(m["policy_kind"])
+    if int(m.get("n_train_synthetic") or 0) > 0:
         return "synthetic"
+    method = (m.get("imbalance") or {}).get("method", "none")
     return "classical" if method != "none" else "real_only"
 
 
@@ -98,8 +102,12 @@ def format_table(ev: dict[str, Any]) -> str:
             if c["n"] == 0:
                 lines.append(f"{c['policy']:<24} vs {c['versus']:<20} no common seeds")
                 continue
-            ci = (f"95% CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], p={c['p_value']:.3g}"
-                  if c["ci_low"] is not None else "CI undefined (n=1)")
+            if c["ci_low"] is None:
+                ci = "CI undefined (n=1)"
+            elif c.get("p_value") is None:
+                ci = f"95% CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], {c.get('note', 'p undefined')}"
+            else:
+                ci = f"95% CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], p={c['p_value']:.3g}"
             lines.append(f"{c['policy']:<24} vs {c['versus']:<20} {c['mean']:+.4f}  {ci}  (n={c['n']})")
     if any(not r.get("pretrained") for r in ev["policies"].values()):
         lines += ["", "note: classifiers without pretrained weights were trained from scratch (pretrained: false)"]

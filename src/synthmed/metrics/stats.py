@@ -45,6 +45,7 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: flo
 
             stat = out["mean"] / (std / math.sqrt(len(diffs)))
             out["p_value"] = float(2 * t.sf(abs(stat), len(diffs) - 1))
-        else:
-            out["p_value"] = 1.0 if out["mean"] == 0 else 0.0
+        else:  # every seed gave the same difference: a t-test is undefined (not p = 0)
+            out["p_value"] = None
+            out["note"] = f"p undefined: all {len(diffs)} differences are equal ({out['mean']:+.4f})"
     return out

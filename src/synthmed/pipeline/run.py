@@ -7,7 +7,6 @@ reruns only what a changed setting touches. See docs/pipeline.md.
 
 from __future__ import annotations
 
-import importlib
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -16,43 +15,48 @@ from typing import Any
 import numpy as np
 
 from synthmed.config import Config, save_resolved
+from synthmed.data.dataset import RealData
 from synthmed.errors import UserError
 from synthmed.io import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps
+from synthmed.layout import RunLayout
 from synthmed.pipeline.keys import (
-    STAGES, UPSTREAM_STAGES, UpstreamKeys, digest, is_synthetic, resolve_policy, train_key, upstream_keys,
+    STAGES as STAGE_NAMES, UPSTREAM_STAGES, UpstreamKeys, digest, is_synthetic, resolve_policy, train_key,
+    upstream_keys,
 )
 from synthmed.pipeline.progress import Display
+from synthmed.pipeline.stages import STAGES
 from synthmed.pipeline.state import State
 
-REPORT_VERSION = 1
-REAL_SAMPLES = "pipeline/real_samples.npz"
-DATA_SUMMARY = "pipeline/data_summary.json"
-EVALUATION_JSON = "pipeline/evaluation.json"
-EVALUATION_TXT = "pipeline/evaluation.txt"
+REPORT_VERSION = 2
 
-# Where each stage function lives ("module:attribute"); resolved lazily so tests can substitute fakes.
-STAGE_FUNCS: dict[str, str] = {
-    "data": "synthmed.data.load:load_data",
-    "finetune": "synthmed.generators.stage:finetune",
-    "generate": "synthmed.generators.stage:generate",
-    "quality": "synthmed.metrics.quality:run_quality",
-    "train": "synthmed.classifiers.stage:train",
-    "evaluate": "synthmed.metrics.evaluate:evaluate_run",
-    "report": "synthmed.report.html:build_report",
-}
-OUTPUTS: dict[str, list[str]] = {
-    "data": ["data", DATA_SUMMARY, REAL_SAMPLES],
-    "finetune": ["generator", "generator_work"],
-    "generate": ["synthetic"],
-    "quality": ["quality"],
-}
+
+def outputs(layout: RunLayout, stage: str) -> list[str]:
+    """Run-dir-relative outputs of an upstream stage (the first one marks the stage as present)."""
+    paths = {
+        "data": [layout.data, layout.data_summary, layout.real_samples],
+        "finetune": [layout.generator, layout.generator_work],
+        "generate": [layout.synthetic],
+        "quality": [layout.quality],
+    }[stage]
+    return [layout.rel(p) for p in paths]
+
+
 INPUTS: dict[str, list[str]] = {"data": [], "finetune": ["data"], "generate": ["finetune"], "quality": ["generate"]}
 
 
-def stage_fn(name: str, spec: str | None = None) -> Callable[..., Any]:
-    """Import the function implementing stage ``name`` (or the ``module:attr`` ``spec``)."""
-    module, attr = (spec or STAGE_FUNCS[name]).split(":")
-    return getattr(importlib.import_module(module), attr)
+class DataHandle:
+    """The real data of a run, loaded at most once per process and handed to every stage that needs it."""
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg, self.run_dir, self._data = cfg, run_dir, None
+
+    def set(self, data: RealData) -> None:
+        self._data = data
+
+    def get(self) -> RealData:
+        if self._data is None:
+            self._data = STAGES.data(self.cfg.data, self.run_dir)
+        return self._data
 
 
 def parse_force(force: list[str] | None) -> set[str]:
@@ -61,8 +65,8 @@ def parse_force(force: list[str] | None) -> set[str]:
     for name in force or []:
         for part in str(name).split(","):
             part = part.strip()
-            if part and part not in STAGES:
-                raise UserError(f"--force {part}: unknown stage (choose from {', '.join(STAGES)})")
+            if part and part not in STAGE_NAMES:
+                raise UserError(f"--force {part}: unknown stage (choose from {', '.join(STAGE_NAMES)})")
             if part:
                 out.add(part)
     return out
@@ -97,12 +101,14 @@ def run_stage(state: State, display: Display, name: str, key: str, inputs: list[
 # ---------------------------------------------------------------------------------------------- upstream
 
 
-def _data_stage(cfg: Config, run_dir: Path) -> None:
-    real = stage_fn("data")(cfg.data, run_dir)
+def _data_stage(cfg: Config, run_dir: Path, handle: DataHandle) -> None:
+    layout = RunLayout(run_dir)
+    real = STAGES.data(cfg.data, run_dir)
+    handle.set(real)
     summary = real.summary()
     summary["source"] = getattr(real, "source", cfg.data.source)
     summary["warnings"] = list(getattr(real, "warnings", []) or [])
-    atomic_write_json(run_dir / DATA_SUMMARY, summary)
+    atomic_write_json(layout.data_summary, summary)
     rng = np.random.default_rng(cfg.seed)
     idx: list[int] = []
     for c in range(real.n_classes):
@@ -111,7 +117,7 @@ def _data_stage(cfg: Config, run_dir: Path) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, images=real.train.images[idx], labels=real.train.labels[idx],
                         classes=np.asarray(real.classes, dtype=str))
-    atomic_write_bytes(run_dir / REAL_SAMPLES, buf.getvalue())
+    atomic_write_bytes(layout.real_samples, buf.getvalue())
 
 
 def upstream_stage_count(needs_synthetic: bool) -> int:
@@ -119,19 +125,23 @@ def upstream_stage_count(needs_synthetic: bool) -> int:
 
 
 def run_upstream(cfg: Config, run_dir: Path, display: Display, forced: set[str] | None = None,
-                 needs_synthetic: bool = True, state: State | None = None) -> UpstreamKeys:
+                 needs_synthetic: bool = True, state: State | None = None,
+                 handle: DataHandle | None = None) -> UpstreamKeys:
     """Run (or find cached) data, and finetune -> generate -> quality when a synthetic policy needs them."""
     forced = forced or set()
     state = state or State(run_dir)
+    handle = handle or DataHandle(cfg, run_dir)
+    layout = RunLayout(run_dir)
     keys = upstream_keys(cfg)
     calls: dict[str, Callable[[], Any]] = {
-        "data": lambda: _data_stage(cfg, run_dir),
-        "finetune": lambda: stage_fn("finetune")(cfg, run_dir),
-        "generate": lambda: stage_fn("generate")(cfg, run_dir),
-        "quality": lambda: stage_fn("quality")(cfg, run_dir),
+        "data": lambda: _data_stage(cfg, run_dir, handle),
+        "finetune": lambda: STAGES.finetune(cfg, run_dir, data=handle.get()),
+        "generate": lambda: STAGES.generate(cfg, run_dir, data=handle.get()),
+        "quality": lambda: STAGES.quality(cfg, run_dir, data=handle.get()),
     }
     for name in UPSTREAM_STAGES[: upstream_stage_count(needs_synthetic)]:
-        run_stage(state, display, name, keys.get(name), INPUTS[name], OUTPUTS[name], calls[name], name in forced)
+        run_stage(state, display, name, keys.get(name), INPUTS[name], outputs(layout, name), calls[name],
+                  name in forced)
     return keys
 
 
@@ -156,47 +166,53 @@ def _retire_orphans(state: State, units: list[tuple[str, int, str, bool]]) -> No
     """Move classifier folders of policies / seeds no longer configured out of the way (and drop their records)."""
     wanted = {(p, f"seed{s}") for p, s, _, _ in units}
     policies = {p for p, _ in wanted}
-    root = state.run_dir / "classifiers"
+    layout = RunLayout(state.run_dir)
+    root = layout.classifiers
     if root.is_dir():
         for pdir in sorted(root.iterdir()):
             if not pdir.is_dir():
                 continue
             if pdir.name not in policies:
-                state.move_aside(f"classifiers/{pdir.name}", "orphan")
+                state.move_aside(layout.rel(pdir), "orphan")
                 continue
             for sdir in sorted(pdir.iterdir()):
                 if sdir.is_dir() and sdir.name.startswith("seed") and (pdir.name, sdir.name) not in wanted:
-                    state.move_aside(f"classifiers/{pdir.name}/{sdir.name}", "orphan")
+                    state.move_aside(layout.rel(sdir), "orphan")
     names = {f"train/{p}/{s}" for p, s in wanted}
     for name in [n for n in state.records if n.startswith("train/") and n not in names]:
         state.drop(name)
 
 
 def _evaluate(run_dir: Path) -> None:
-    evaluate = stage_fn("evaluate")
-    atomic_write_text(run_dir / EVALUATION_TXT, str(evaluate(run_dir)).rstrip() + "\n")
-    atomic_write_text(run_dir / EVALUATION_JSON, str(evaluate(run_dir, as_json=True)).rstrip() + "\n")
+    from synthmed.results import write_results_csv
+
+    layout = RunLayout(run_dir)
+    atomic_write_text(layout.evaluation_txt, str(STAGES.evaluate(run_dir)).rstrip() + "\n")
+    atomic_write_text(layout.evaluation_json, str(STAGES.evaluate(run_dir, as_json=True)).rstrip() + "\n")
+    write_results_csv(run_dir)
 
 
 def _train_units(cfg: Config, run_dir: Path, state: State, display: Display,
-                 units: list[tuple[str, int, str, bool]], forced: bool, workers: int) -> None:
+                 units: list[tuple[str, int, str, bool]], forced: bool, workers: int,
+                 handle: DataHandle | None = None) -> None:
     """The train stage: one classifier per (policy, seed), cached by key; in parallel when ``workers`` > 1."""
-    train = stage_fn("train")
+    layout = RunLayout(run_dir)
+    handle = handle or DataHandle(cfg, run_dir)
     pending = [u for u in units if stage_status(state, f"train/{u[0]}/seed{u[1]}", u[2],
-                                                [f"classifiers/{u[0]}/seed{u[1]}"], forced) != "done"]
+                                                [layout.rel(layout.classifier(u[0], u[1]))], forced) != "done"]
     if workers == 1 or len(pending) <= 1:
         for policy, seed, key, synth in units:
             run_stage(state, display, f"train/{policy}/seed{seed}", key, ["quality" if synth else "data"],
-                      [f"classifiers/{policy}/seed{seed}"],
-                      lambda p=policy, s=seed: train(cfg, run_dir, policies=[p], seeds=[s]), forced=forced,
-                      classifier=True)
+                      [layout.rel(layout.classifier(policy, seed))],
+                      lambda p=policy, s=seed: STAGES.train(cfg, run_dir, policies=[p], seeds=[s], data=handle.get()),
+                      forced=forced, classifier=True)
         return
     from synthmed.pipeline.workers import TrainJob, train_in_pool
 
     jobs = []
     cfg_json = cfg.model_dump(mode="json", by_alias=True)
     for policy, seed, key, synth in units:
-        name, out = f"train/{policy}/seed{seed}", f"classifiers/{policy}/seed{seed}"
+        name, out = f"train/{policy}/seed{seed}", layout.rel(layout.classifier(policy, seed))
         status = stage_status(state, name, key, [out], forced)
         if status == "done":
             display.skip(name, "cached")
@@ -214,7 +230,7 @@ def _train_units(cfg: Config, run_dir: Path, state: State, display: Display,
         state.finish(job.label)
         display.completed(job.label)
 
-    train_in_pool(STAGE_FUNCS["train"], jobs, workers, done)
+    train_in_pool(STAGES.train, jobs, workers, done)
 
 
 def run_pipeline(cfg: Config, run_dir: str | Path, force: list[str] | None = None,
@@ -226,35 +242,39 @@ def run_pipeline(cfg: Config, run_dir: str | Path, force: list[str] | None = Non
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     forced = parse_force(force)
     keys = upstream_keys(cfg)
     units = plan_units(cfg, keys)  # validates policies before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, run_dir)
-    if (run_dir / "pipeline").is_dir():
-        remove_stale_temps(run_dir / "pipeline")
+    if layout.pipeline.is_dir():
+        remove_stale_temps(layout.pipeline)
     state = State(run_dir)
+    handle = DataHandle(cfg, run_dir)
     needs_synth = any(u[3] for u in units)
     total = upstream_stage_count(needs_synth) + len(units) + 2
     with Display(total, "synthmed run", live=live) as display:
         if not needs_synth and forced & {"finetune", "generate", "quality"}:
             display.log("no synthetic policy in run.policies: finetune/generate/quality are not needed")
-        run_upstream(cfg, run_dir, display, forced, needs_synth, state)
+        run_upstream(cfg, run_dir, display, forced, needs_synth, state, handle)
         _retire_orphans(state, units)
-        _train_units(cfg, run_dir, state, display, units, "train" in forced, workers)
+        _train_units(cfg, run_dir, state, display, units, "train" in forced, workers, handle)
         train_names = [f"train/{p}/seed{s}" for p, s, _, _ in units]
         eval_key = digest({"stage": "evaluate", "units": sorted((f"{p}/{s}", k) for p, s, k, _ in units)})
-        run_stage(state, display, "evaluate", eval_key, train_names, [EVALUATION_TXT, EVALUATION_JSON],
+        run_stage(state, display, "evaluate", eval_key, train_names,
+                  [layout.rel(layout.evaluation_txt), layout.rel(layout.evaluation_json), layout.rel(layout.results)],
                   lambda: _evaluate(run_dir), "evaluate" in forced)
         report_key = digest({"stage": "report", "v": REPORT_VERSION, "eval": eval_key,
                              "up": keys.quality if needs_synth else keys.data, "cfg": cfg.model_dump(mode="json")})
-        report_path = run_dir / "report.html"
-        run_stage(state, display, "report", report_key, ["evaluate"], ["report.html", "report"],
-                  lambda: stage_fn("report")(run_dir), "report" in forced)
+        report_path = layout.report
+        run_stage(state, display, "report", report_key, ["evaluate"],
+                  [layout.rel(layout.report), layout.rel(layout.report_assets)],
+                  lambda: STAGES.report(run_dir), "report" in forced)
         display.finish()
     if not cfg.run.keep_stale:
         state.purge_stale()
-    table = run_dir / EVALUATION_TXT
+    table = layout.evaluation_txt
     if table.is_file():
         print(table.read_text(encoding="utf-8").rstrip())
     return report_path

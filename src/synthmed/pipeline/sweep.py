@@ -22,11 +22,13 @@ from typing import Any
 from synthmed.config import Config, save_resolved, with_overrides
 from synthmed.errors import ConfigError, UserError
 from synthmed.io import atomic_write_csv
+from synthmed.layout import RunLayout
 from synthmed.pipeline.keys import (
     UpstreamKeys, digest, is_synthetic, policy_kind, resolve_policy, train_key, upstream_keys,
 )
 from synthmed.pipeline.progress import Display
-from synthmed.pipeline.run import STAGE_FUNCS, run_upstream, stage_fn, upstream_stage_count
+from synthmed.pipeline.run import run_upstream, upstream_stage_count
+from synthmed.pipeline.stages import STAGES
 from synthmed.pipeline.workers import TrainJob, train_in_pool, train_unit
 from synthmed.pipeline.state import State
 
@@ -107,7 +109,7 @@ def expand_grid(cfg: Config, run_dir: Path) -> list[Point]:
             seeds = [int(values["seed"])]
         up = {k: v for k, v in overrides.items() if _is_upstream_key(k)}
         ucfg = with_overrides(cfg, up) if up else cfg
-        udir = run_dir if not up else run_dir / "sweep" / f"upstream-{upstream_keys(ucfg).quality}"
+        udir = run_dir if not up else RunLayout(run_dir).sweep_upstream(upstream_keys(ucfg).quality)
         points.append(Point(_slug(values), values, pcfg, seeds, ucfg, udir))
     return points
 
@@ -171,7 +173,7 @@ def metrics_row(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _result_row(unit: Unit, point_dir: Path, returned: list[dict[str, Any]] | None) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
-    mpath = point_dir / "classifiers" / unit.policy / f"seed{unit.seed}" / "metrics.json"
+    mpath = RunLayout(point_dir).classifier_metrics(unit.policy, unit.seed)
     if mpath.is_file():
         metrics = json.loads(mpath.read_text(encoding="utf-8"))
     elif returned:
@@ -186,7 +188,7 @@ def _result_row(unit: Unit, point_dir: Path, returned: list[dict[str, Any]] | No
 
 
 def _point_dir(run_dir: Path, point: Point) -> Path:
-    pdir = run_dir / "sweep" / point.pid
+    pdir = RunLayout(run_dir).sweep_point(point.pid)
     pdir.mkdir(parents=True, exist_ok=True)
     for name in SHARED:
         link = pdir / name
@@ -213,8 +215,9 @@ def run_sweep(cfg: Config, run_dir: str | Path, workers: int = 1, shard: tuple[i
     units = plan_sweep(cfg, run_dir)
     grid_keys = list(cfg.sweep.grid)
     current = {u.key for u in units}
-    results = run_dir / "results.csv"
-    own = run_dir / (f"results.shard-{shard[0]}-of-{shard[1]}.csv" if shard else "results.csv")
+    layout = RunLayout(run_dir)
+    results = layout.results
+    own = layout.results_shard(*shard) if shard else results
 
     def merged() -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
@@ -231,8 +234,7 @@ def run_sweep(cfg: Config, run_dir: str | Path, workers: int = 1, shard: tuple[i
     todo = []
     run_state = State(run_dir)
     for u in mine:  # a classifier `synthmed run` already trained with the same key is reused, not retrained
-        if run_state.status(u.name, u.key) == "done" and (run_dir / "classifiers" / u.policy / f"seed{u.seed}"
-                                                         / "metrics.json").is_file():
+        if run_state.status(u.name, u.key) == "done" and layout.classifier_metrics(u.policy, u.seed).is_file():
             own_rows[u.key] = _result_row(u, run_dir, None)
         else:
             todo.append(u)
@@ -256,7 +258,7 @@ def run_sweep(cfg: Config, run_dir: str | Path, workers: int = 1, shard: tuple[i
     all_rows.update(own_rows)
     write_rows(results, list(all_rows.values()), grid_keys)
     try:
-        stage_fn("report")(run_dir)
+        STAGES.report(run_dir)
     except Exception as err:  # noqa: BLE001 - results are safe; the report is a convenience here
         display.log(f"report not rebuilt: {err.__class__.__name__}: {err}")
     return results
@@ -264,7 +266,7 @@ def run_sweep(cfg: Config, run_dir: str | Path, workers: int = 1, shard: tuple[i
 
 def _retire_rows(run_dir: Path, current: set[str], grid_keys: list[str]) -> None:
     """Move rows of an earlier, different sweep config from results.csv to results.previous.csv."""
-    results = run_dir / "results.csv"
+    results = RunLayout(run_dir).results
     rows = read_rows(results)
     old = [r for r in rows if r.get("train_key") not in current]
     if not old:
@@ -277,14 +279,14 @@ def _retire_rows(run_dir: Path, current: set[str], grid_keys: list[str]) -> None
 
 def _train_all(todo: list[Unit], run_dir: Path, workers: int, display: Display,
                own_rows: dict[str, dict[str, Any]], own: Path, grid_keys: list[str]) -> None:
-    spec = STAGE_FUNCS["train"]
+    spec = STAGES.train
     states: dict[Path, State] = {}
     jobs = []
     for u in todo:
         pdir = _point_dir(run_dir, u.point)
         st = states.setdefault(pdir, State(pdir))
         if st.status(u.name, u.key) != "running":
-            st.start(u.name, u.key, [], [f"classifiers/{u.policy}/seed{u.seed}"])
+            st.start(u.name, u.key, [], [RunLayout(pdir).rel(RunLayout(pdir).classifier(u.policy, u.seed))])
         jobs.append((u, pdir, st))
 
     def finish(u: Unit, pdir: Path, st: State, outcome: tuple[str, Any]) -> None:

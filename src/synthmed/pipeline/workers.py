@@ -30,18 +30,18 @@ class TrainJob:
     tag: Any = None
 
 
-def train_unit(spec: str, cfg_json: dict[str, Any], run_dir: str, policy: str, seed: int,
+def train_unit(train: Callable[..., Any], cfg_json: dict[str, Any], run_dir: str, policy: str, seed: int,
                threads: int) -> tuple[str, Any]:
-    """Worker body (also used in-process): train one classifier; UserErrors come back as ("user_error", text)."""
+    """Worker body (also used in-process): ``train`` (the stage function, pickled by reference) trains one
+    classifier; UserErrors come back as ("user_error", text)."""
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
     from synthmed.config import Config
-    from synthmed.pipeline.run import stage_fn
 
     try:
-        rows = stage_fn("train", spec)(Config.model_validate(cfg_json), Path(run_dir), policies=[policy], seeds=[seed])
+        rows = train(Config.model_validate(cfg_json), Path(run_dir), policies=[policy], seeds=[seed])
         return "ok", rows
     except UserError as err:
         return "user_error", str(err)
@@ -51,7 +51,7 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def train_in_pool(spec: str, jobs: list[TrainJob], workers: int,
+def train_in_pool(train: Callable[..., Any], jobs: list[TrainJob], workers: int,
                   on_result: Callable[[TrainJob, tuple[str, Any]], None]) -> None:
     """Run ``jobs`` on ``workers`` spawned processes; ``on_result`` is called in this process as each one ends.
 
@@ -65,7 +65,7 @@ def train_in_pool(spec: str, jobs: list[TrainJob], workers: int,
     pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
     try:
         futures: dict[Future[Any], TrainJob] = {
-            pool.submit(train_unit, spec, j.cfg_json, str(j.run_dir), j.policy, j.seed, threads): j for j in jobs
+            pool.submit(train_unit, train, j.cfg_json, str(j.run_dir), j.policy, j.seed, threads): j for j in jobs
         }
         pending = set(futures)
         while pending:

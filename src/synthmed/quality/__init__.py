@@ -1,0 +1,1 @@
+"""synthmed.quality: the quality stage (gate, filter decisions) built on the metrics library."""
