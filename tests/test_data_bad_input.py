@@ -101,9 +101,13 @@ def test_single_class_dataset(tmp_path: Path, capsys) -> None:
 
 
 def test_different_native_sizes_need_size(tmp_path: Path, capsys) -> None:
-    root = make_folder(tmp_path)
+    """A stage that stacks images (here `data show`) needs data.size; `data info` does not (test_data_info.py)."""
+    root = make_folder(tmp_path / "src")
     Image.new("RGB", (30, 20)).save(root / "a" / "wide.png")
-    assert_one_line_error(*run(capsys, f"folder:{root}"), "different sizes", "--set data.size=")
+    grid = tmp_path / "grid.png"
+    code = main(["data", "show", f"folder:{root}", "-o", str(grid)])
+    assert_one_line_error(code, capsys.readouterr().err.strip(), "different sizes", "data.size", "--set data.size=")
+    assert not grid.exists()
     assert run(capsys, f"folder:{root}", "--set", "data.size=16")[0] == 0
 
 

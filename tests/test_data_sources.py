@@ -161,7 +161,7 @@ def test_medmnist_offline_names_the_file(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_medmnist_download_verifies_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from synthmed.data import sources
+    from synthmed.data import sources_npz as sources
 
     src = write_npz(tmp_path / "src.npz")
     good = hashlib.md5(src.read_bytes()).hexdigest()
@@ -219,8 +219,8 @@ def test_csv_source_with_groups(tmp_path: Path) -> None:
     lines = ["path,label,group"] + [f"img/{c}/{i}.png,{c},p{i // 2}" for c in "xy" for i in range(10)]
     (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
     d = load(f"csv:{tmp_path / 'data.csv'}")
-    assert d.classes == ["x", "y"] and len(d.train) + len(d.val) + len(d.test) == 20
-    assert "img/x/0.png" in d.train.ids + d.val.ids + d.test.ids
+    assert d.classes == ["x", "y"] and len(d.train_pool) + len(d.val) + len(d.test) == 20
+    assert "img/x/0.png" in d.train_pool.ids + d.val.ids + d.test.ids
 
 
 def test_data_info_json_and_show(tmp_path: Path, capsys) -> None:

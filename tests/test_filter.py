@@ -80,7 +80,7 @@ def test_manifest_rows_and_stats() -> None:
 
 def test_vetting_classifier_is_class_balanced_unless_told_otherwise() -> None:
     from synthmed.config import load_config, with_overrides
-    from synthmed.metrics.quality import vetting_config
+    from synthmed.quality.stage import vetting_config
 
     cfg = load_config(None, [])
     assert cfg.imbalance.method == "none" and vetting_config(cfg).imbalance.method == "resample"

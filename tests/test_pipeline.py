@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,10 +68,13 @@ def test_changed_generation_reruns_only_dependents(tmp_path: Path, fake_log: Pat
     run = tmp_path / "run"
     run_pipeline(make_cfg(), run, live=False)
     calls(fake_log)
+    data_record = json.loads((run / "pipeline" / "state.json").read_text())["records"]["data"]
     run_pipeline(make_cfg(**{"generation.n_per_class": 2}), run, live=False)
     got = calls(fake_log)
-    assert "data" not in stages(got) and "finetune" not in stages(got)
-    assert stages(got)[:2] == ["generate", "quality"]
+    # the data stage is not rerun (its state record is untouched); the split is read once for the stages that need it
+    assert json.loads((run / "pipeline" / "state.json").read_text())["records"]["data"] == data_record
+    assert stages(got).count("data") == 1 and "finetune" not in stages(got)
+    assert [s for s in stages(got) if s != "data"][:2] == ["generate", "quality"]
     trained = sorted(line.split()[2] for line in got if line.startswith("train"))
     assert trained == ["ratio", "ratio"], "only the synthetic policy depends on the synthetic set"
     # the stale synthetic set was cleared, not mixed with the new one
@@ -94,7 +98,8 @@ def test_force_reruns_stage_and_downstream(tmp_path: Path, fake_log: Path) -> No
     calls(fake_log)
     run_pipeline(make_cfg(), run, force=["finetune"], live=False)
     got = stages(calls(fake_log))
-    assert got[:3] == ["finetune", "generate", "quality"] and got.count("train") == 2 and "data" not in got
+    got = [s for s in got if s != "data"]  # the split is read (not remade) for the stages that run
+    assert got[:3] == ["finetune", "generate", "quality"] and got.count("train") == 2
     run_pipeline(make_cfg(), run, force=["report"], live=False)
     assert stages(calls(fake_log)) == ["report"]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from synthmed.classifiers.policies import policy_kind, resolve_policy
 from synthmed.data.dataset import ImageSet, RealData
 from synthmed.io import atomic_save_png, atomic_write_json, atomic_write_text
 from synthmed.synthetic.dataset import SyntheticSet, image_id
@@ -80,7 +81,9 @@ def train(cfg: Any, run_dir: Path, policies: list[str] | None = None, seeds: lis
             _log("train", run_dir, f"{policy} {seed} ratio={cfg.mix.ratio} model={cfg.classifier.model}")
             out = Path(run_dir) / "classifiers" / policy / f"seed{seed}"
             bal = 0.5 + 0.01 * seed + 0.1 * float(cfg.mix.ratio) * (policy != "real_only")
-            metrics = {"policy": policy, "seed": seed, "balanced_accuracy": bal, "macro_f1": bal - 0.05,
+            kind = policy_kind(resolve_policy(cfg, policy)) if policy in cfg.run.policies else "real_only"
+            metrics = {"policy": policy, "policy_kind": kind, "seed": seed, "balanced_accuracy": bal,
+                       "macro_f1": bal - 0.05, "n_train_synthetic": 6 if kind == "synthetic" else 0,
                        "per_class_recall": {c: bal for c in CLASSES}}
             atomic_write_json(out / "metrics.json", metrics)
             atomic_write_text(out / "confusion.csv", "true,a,b,c\na,5,0,0\nb,1,4,0\nc,0,2,3\n")

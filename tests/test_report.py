@@ -15,7 +15,8 @@ import pytest
 
 from synthmed.config import with_overrides
 from synthmed.io import atomic_write_json
-from synthmed.pipeline import run as run_mod
+import test_pipeline_fakes
+from synthmed.pipeline.stages import STAGES
 from synthmed.pipeline.run import run_pipeline
 from synthmed.pipeline.sweep import run_sweep
 from synthmed.report.html import build_report
@@ -61,7 +62,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         for stage, attr in [("data", "load_data"), ("finetune", "finetune"), ("generate", "generate"),
                             ("quality", "run_quality"), ("train", "train"), ("evaluate", "evaluate_run")]:
-            mp.setitem(run_mod.STAGE_FUNCS, stage, f"test_pipeline_fakes:{attr}")
+            mp.setattr(STAGES, stage, getattr(test_pipeline_fakes, attr))
         mp.delenv("FAKE_STAGE_LOG", raising=False)
         mp.delenv("FAKE_FAIL", raising=False)
         run = tmp / "run"
@@ -141,3 +142,30 @@ def test_report_renders_in_headless_chromium(full_run: Path, tmp_path: Path) -> 
     assert arr.shape == (2400, 1200)
     assert arr.std() > 10, "the screenshot is blank"
     assert (arr < 128).mean() > 0.005, "almost nothing dark rendered (no text or figures)"
+
+
+def _metrics(policy: str, seed: int, bal: float, **extra: object) -> dict:
+    return {"policy": policy, "seed": seed, "balanced_accuracy": bal, "classes": ["a", "b", "c"], **extra}
+
+
+def test_report_says_when_a_policy_got_fewer_or_no_synthetic_images(tmp_path: Path) -> None:
+    """A shortfall is named per class in the headline and the table; a policy that used none is not 'synthetic'."""
+    run = tmp_path / "run"
+    rows = {
+        "real_only": dict(policy_kind="real_only", configured_kind="real_only", n_train_synthetic=0),
+        "short": dict(policy_kind="synthetic", configured_kind="synthetic", n_train_synthetic=40,
+                      synthetic_requested_per_class=[20, 30, 40], synthetic_shortfall_per_class=[0, 10, 40]),
+        "starved": dict(policy_kind="real_only", configured_kind="synthetic", n_train_synthetic=0,
+                        synthetic_requested_per_class=[5, 5, 5], synthetic_shortfall_per_class=[5, 5, 5]),
+    }
+    for policy, extra in rows.items():
+        for seed in (0, 1):
+            atomic_write_json(run / "classifiers" / policy / f"seed{seed}" / "metrics.json",
+                              _metrics(policy, seed, 0.5 + 0.1 * seed + 0.05 * (policy == "short"), **extra))
+    html = build_report(run).read_text()
+    head = html[html.index('id="headline"'):html.index('id="data"')]
+    assert "short trained on 40 synthetic images of the 90 it asked for; short per class: b −10, c −40." in head
+    assert "starved was configured to add synthetic images but trained on none" in head
+    table = html[html.index('id="results"'):html.index('id="sweep"')]
+    assert re.search(r"<td[^>]*>starved</td><td[^>]*>real_only</td>", table)
+    assert "b −10, c −40" in table and "40 of 90" in table

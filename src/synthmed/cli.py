@@ -11,6 +11,8 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,7 +36,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect a real dataset.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-_STATE = {"debug": False}
+_STATE: dict = {"debug": False, "argv": []}
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set a.b=c (repeatable)")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="turn data warnings into errors")]
@@ -78,14 +80,17 @@ def _config(path: Path | None, overrides: list[str] | None, strict: bool):
     return cfg
 
 
-def _prepare_run_dir(cfg, out: Path) -> Path:
-    from synthmed.config import save_resolved
+@contextmanager
+def _writer(cfg, out: Path, command: str, shard: int | None = None) -> Iterator[Path]:
+    """Create the run directory, hold its writer lock (``synthmed.lock``) and save the resolved config.
 
-    if out.exists() and not out.is_dir():
-        raise UserError(f"run directory {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out)
-    return out
+    Every verb that writes into a run directory runs inside this; a second writer exits 2 naming the first."""
+    from synthmed.config import save_resolved
+    from synthmed.lock import run_lock
+
+    with run_lock(out, command, shard=shard, argv=["synthmed", *_STATE["argv"]]):
+        save_resolved(cfg, out)
+        yield out
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -119,11 +124,18 @@ def data_info(
 ) -> None:
     """Class names and counts per split and class."""
     cfg = _data_config(spec, config, set_, strict, shots, long_tail, max_per_class, fraction)
-    from synthmed.data.info import format_info
-    from synthmed.data.load import load_data
+    from synthmed.data.info import describe_source, format_info
 
-    summary = load_data(cfg.data).summary()
-    typer.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
+    summary = describe_source(cfg.data)
+    for warning in summary.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
+    near = summary.get("near_duplicates")
+    text = json.dumps(summary, indent=2) if as_json else format_info(summary)
+    if not as_json and near and near.get("removed"):
+        per = ", ".join(f"{v} of {k}" for k, v in near["per_split"].items() if v)
+        text += (f"\nnear-duplicates of val/test removed from training: {near['removed']} ({per}; "
+                 f"pHash distance <= {near['distance']})")
+    typer.echo(text)
 
 
 @data_app.command("show")
@@ -152,7 +164,8 @@ def finetune(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: Strict
     """Train (ddpm) or fine-tune (stable_diffusion) the generator; resumes from the latest checkpoint."""
     cfg = _config(config, set_, strict)
     from synthmed.generators.stage import finetune as run_finetune
-    path = run_finetune(cfg, _prepare_run_dir(cfg, out))
+    with _writer(cfg, out, "finetune") as run_dir:
+        path = run_finetune(cfg, run_dir)
     typer.echo(f"generator saved to {path}")
 
 
@@ -161,7 +174,8 @@ def generate(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: Strict
     """Sample synthetic images per class into RUN_DIR/synthetic (resumable)."""
     cfg = _config(config, set_, strict)
     from synthmed.generators.stage import generate as run_generate
-    path = run_generate(cfg, _prepare_run_dir(cfg, out))
+    with _writer(cfg, out, "generate") as run_dir:
+        path = run_generate(cfg, run_dir)
     typer.echo(f"synthetic set in {path}")
 
 
@@ -169,8 +183,9 @@ def generate(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: Strict
 def quality(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: StrictOpt = False) -> None:
     """Fidelity, diversity, CAS and memorization audit of the synthetic set; applies the filter."""
     cfg = _config(config, set_, strict)
-    from synthmed.metrics.quality import run_quality
-    path = run_quality(cfg, _prepare_run_dir(cfg, out))
+    from synthmed.quality.stage import run_quality
+    with _writer(cfg, out, "quality") as run_dir:
+        path = run_quality(cfg, run_dir)
     typer.echo(f"quality report in {path}")
 
 
@@ -188,7 +203,8 @@ def train(
     cfg = _config(config, set_, strict)
     from synthmed.classifiers.stage import train as run_train
     seed_list = _parse_seeds(seeds)
-    rows = run_train(cfg, _prepare_run_dir(cfg, out), policies=policy, seeds=seed_list, force=force)
+    with _writer(cfg, out, "train") as run_dir:
+        rows = run_train(cfg, run_dir, policies=policy, seeds=seed_list, force=force)
     typer.echo(f"trained {len(rows)} classifier(s) in {out / 'classifiers'}")
 
 
@@ -226,7 +242,8 @@ def run(
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     from synthmed.pipeline.run import run_pipeline
-    report = run_pipeline(cfg, _prepare_run_dir(cfg, out), force=list(force or []), workers=workers)
+    with _writer(cfg, out, "run") as run_dir:
+        report = run_pipeline(cfg, run_dir, force=list(force or []), workers=workers)
     typer.echo(f"report: {report}")
 
 
@@ -245,14 +262,21 @@ def sweep(
     shard_spec = parse_shard(shard)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    path = run_sweep(cfg, _prepare_run_dir(cfg, out), workers=workers, shard=shard_spec)
+    with _writer(cfg, out, "sweep", shard=shard_spec[0] if shard_spec else None) as run_dir:
+        path = run_sweep(cfg, run_dir, workers=workers, shard=shard_spec)
     typer.echo(f"results: {path}")
 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
-    """Write RUN_DIR/report.html (self-contained)."""
+    """Write RUN_DIR/report.html (self-contained). Takes no lock: it reads files written atomically and writes
+    report.html atomically; while a writer is active it says so (the report is then a snapshot)."""
+    from synthmed.lock import active_holder, describe
     from synthmed.report.html import build_report
+
+    holder = active_holder(run_dir) if run_dir.is_dir() else None
+    if holder is not None:
+        typer.echo(f"warning: {run_dir} is being written by {describe(holder)}; this report is a snapshot", err=True)
 
     typer.echo(f"report: {build_report(run_dir)}")
 
@@ -264,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and map exceptions to exit codes (0 ok, 2 bad input, 1 internal error)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    _STATE["argv"] = args
     saved_env = {k: os.environ.get(k) for k in SCOPED_ENV}
     try:
         result = app(args=args, prog_name="synthmed", standalone_mode=False)

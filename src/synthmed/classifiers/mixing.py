@@ -36,6 +36,7 @@ class MixPlan:
     weight_lambda: float = 1.0
     pretrain_fraction: float = 0.5
     warnings: list[str] = field(default_factory=list)
+    requested: list[int] | None = None  # synthetic images asked for per class (None: the policy sets no count)
 
     @property
     def n_real(self) -> int:
@@ -52,10 +53,10 @@ class MixPlan:
 
 
 def needs_synthetic(mix: MixConfig) -> bool:
-    return mix.policy in NEEDS_SYNTHETIC and not (mix.policy == "ratio" and mix.ratio == 0.0) and not (
-        mix.policy == "batch_ratio" and mix.batch_ratio == 0.0) and not (
-        mix.policy == "weighted_loss" and mix.weight_lambda == 1.0) and not (
-        mix.policy == "add_per_class" and mix.add_per_class == 0)
+    """Whether this mix trains on synthetic images (see ``classifiers.policies.uses_synthetic``)."""
+    from synthmed.classifiers.policies import uses_synthetic
+
+    return uses_synthetic(mix)
 
 
 def empty_like(s: ImageSet) -> ImageSet:
@@ -121,11 +122,11 @@ def plan_mix(mix: MixConfig, real: ImageSet, synthetic: ImageSet | None, n_class
     if policy == "add_per_class":
         wanted = np.full(n_classes, mix.add_per_class)
         chosen = take_per_class(syn, wanted, rng, mix.shortage, "add_per_class", warnings)
-        return MixPlan(policy, "concat", real, chosen, warnings=warnings)
+        return MixPlan(policy, "concat", real, chosen, warnings=warnings, requested=wanted.tolist())
     if policy == "balance_to":
         wanted = np.maximum(mix.balance_to - real_counts, 0)
         chosen = take_per_class(syn, wanted, rng, mix.shortage, "balance_to", warnings)
-        return MixPlan(policy, "concat", real, chosen, warnings=warnings)
+        return MixPlan(policy, "concat", real, chosen, warnings=warnings, requested=wanted.tolist())
     if policy == "ratio":
         return _plan_ratio(mix, real, syn, real_counts, syn_counts, rng, warnings)
     if policy == "synthetic_only":
@@ -152,13 +153,14 @@ def _plan_ratio(mix: MixConfig, real: ImageSet, syn: ImageSet, real_counts: np.n
     if r >= 1.0:  # synthetic only, as many images as the real set, in the real class proportions
         wanted = largest_remainder(n_real, real_counts)
         chosen = take_per_class(syn, wanted, rng, mix.shortage, "ratio=1", warnings)
-        return MixPlan("ratio", "concat", empty_like(real), chosen, warnings=warnings)
+        return MixPlan("ratio", "concat", empty_like(real), chosen, warnings=warnings, requested=wanted.tolist())
     total_syn = int(round(r / (1.0 - r) * n_real))
     wanted = largest_remainder(total_syn, real_counts)
+    requested = wanted.tolist()
     short = wanted > syn_counts
     if not short.any():
         return MixPlan("ratio", "concat", real, take_per_class(syn, wanted, rng, "error", "ratio", warnings),
-                       warnings=warnings)
+                       warnings=warnings, requested=wanted.tolist())
     if mix.shortage == "error":
         c = int(np.flatnonzero(short)[0])
         raise DataError(f"ratio={r}: class {c} needs {int(wanted[c])} kept synthetic images but only "
@@ -177,7 +179,7 @@ def _plan_ratio(mix: MixConfig, real: ImageSet, syn: ImageSet, real_counts: np.n
         for c, k in enumerate(real_keep.tolist()) if k > 0
     ] or [np.zeros(0, np.int64)])
     chosen = take_per_class(syn, wanted, rng, "error", "ratio", warnings)
-    return MixPlan("ratio", "concat", real.subset(real_idx), chosen, warnings=warnings)
+    return MixPlan("ratio", "concat", real.subset(real_idx), chosen, warnings=warnings, requested=requested)
 
 
 def batch_ratio_counts(batch_size: int, ratio: float) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthmed.classifiers.guards import check_no_leakage
 from synthmed.classifiers.mixing import needs_synthetic, plan_mix
+from synthmed.classifiers.policies import policy_kind, trained_kind
 from synthmed.errors import ConfigError
 from synthmed.io import atomic_write_csv, atomic_write_json, remove_stale_temps
 from synthmed.metrics.classification import classification_metrics
@@ -60,14 +61,17 @@ def run_dir_of(run_dir: Path, policy: str, seed: int) -> Path:
 
 
 def train(cfg: Config, run_dir: str | Path, policies: list[str] | None = None, seeds: list[int] | None = None,
-          force: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-    """Train every selected policy for every seed; returns the metrics.json dicts (existing ones reused)."""
+          force: bool = False, progress: bool = True, data: RealData | None = None) -> list[dict[str, Any]]:
+    """Train every selected policy for every seed; returns the metrics.json dicts (existing ones reused).
+
+    ``data`` is the already-loaded real split (loaded from the run directory when None)."""
     run_dir = Path(run_dir)
     configs = policy_configs(cfg, policies)
     seed_list = list(cfg.run.seeds if seeds is None else seeds)
     todo = [(n, c, s) for n, c in configs.items() for s in seed_list]
     pending = [t for t in todo if force or not (run_dir_of(run_dir, t[0], t[2]) / "metrics.json").is_file()]
-    data = _load_data(cfg, run_dir) if pending else None
+    if pending and data is None:
+        data = _load_data(cfg, run_dir)
     synthetic = None
     if data is not None:
         check_no_leakage(run_dir, data.val, data.test)
@@ -101,7 +105,8 @@ def train_one(cfg: Config, data: RealData, policy: str, seed: int, out: Path, sy
     val = classification_metrics(data.val.labels, clf.predict_proba(data.val.images), data.n_classes)
     info = clf.info
     metrics: dict[str, Any] = {
-        "policy": policy, "seed": seed, "overrides": overrides,
+        "policy": policy, "policy_kind": trained_kind(cfg, plan.n_synthetic),
+        "configured_kind": policy_kind(cfg), "seed": seed, "overrides": overrides,
         "mix": cfg.mix.model_dump(mode="json", by_alias=True),
         "imbalance": cfg.imbalance.model_dump(mode="json"),
         "model": cfg.classifier.model, "pretrained": bool(info.get("pretrained")),
@@ -109,6 +114,9 @@ def train_one(cfg: Config, data: RealData, policy: str, seed: int, out: Path, sy
         "classes": list(data.classes), "n_train_real": plan.n_real, "n_train_synthetic": plan.n_synthetic,
         "train_real_per_class": plan.real.counts(data.n_classes),
         "train_synthetic_per_class": plan.synthetic.counts(data.n_classes) if plan.n_synthetic else [0] * data.n_classes,
+        "synthetic_requested_per_class": plan.requested,
+        "synthetic_shortfall_per_class": None if plan.requested is None else [
+            max(int(w) - int(g), 0) for w, g in zip(plan.requested, plan.synthetic.counts(data.n_classes))],
         "n_val": len(data.val), "n_test": len(data.test),
         "epochs": cfg.classifier.epochs, "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
         "val_balanced_accuracy": info["val_balanced_accuracy"], "warnings": list(plan.warnings),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -31,11 +31,16 @@ class PhantomConfig(_Strict):
 class DataConfig(_Strict):
     """Where the real images come from and how they are prepared and split."""
 
-    source: str = Field("phantom:blood", description="npz:PATH | medmnist:NAME[:SIZE] | folder:PATH | csv:PATH | phantom:blood")
+    source: str = Field(
+        "phantom:blood", description="npz:PATH | medmnist:NAME[:SIZE] | folder:PATH | csv:PATH | dicom:DIR|CSV | phantom:blood")
     root: str | None = Field(None, description="folder for medmnist downloads (default $SYNTHMED_DATA or ~/.synthmed/data)")
     size: int | None = Field(None, ge=8, le=1024, description="square side after centre-crop + resize; None = native")
     channels: Literal["auto", 1, 3] = Field("auto", description="auto keeps grayscale as 1 channel")
     resize: Literal["center_crop", "resize", "pad"] = "center_crop"
+    window: tuple[float, float] | None = Field(
+        None, description="[center, width] of the value window for >8-bit images and DICOM (None = DICOM header, else intensity)")
+    intensity: Literal["range", "minmax", "percentile"] = Field(
+        "range", description=">8-bit images without a window: type range (16-bit: 0..65535), per-image min-max, or 0.5-99.5th percentile")
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     split_seed: int = 0
@@ -53,3 +58,10 @@ class DataConfig(_Strict):
         None, description="class name -> display name for prompts and the report (e.g. ig: immature granulocyte)")
     max_image_pixels: int = Field(89_478_485, gt=0, description="decompression-bomb limit (PIL's default)")
     phantom: PhantomConfig = Field(default_factory=PhantomConfig)
+
+    @field_validator("window")
+    @classmethod
+    def _positive_width(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[1] > 0:
+            raise ValueError(f"data.window is [center, width] with width > 0, got {list(value)}")
+        return value

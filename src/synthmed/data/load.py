@@ -1,7 +1,12 @@
-"""``load_data``: source -> image policy -> real-only splits -> training subset -> leakage guard.
+"""``load_data``: source -> image policy -> real-only splits -> leakage guards -> training subset.
 
-With a run directory the chosen split is written to ``RUN_DIR/data/split.csv`` (atomically); a rerun recomputes
-the split and refuses to go on when it differs from the file (a different data config needs a new run dir).
+Leakage guards on the training split: exact pixel copies of val/test images (``io.pixel_hash``) and near-copies
+(re-encoded, shifted, resized, brightened: ``data/neardup.py``) are removed from training, never from val/test, with
+a warning (an error under ``data.strict``). The near-duplicate report is ``RealData.near_duplicates``.
+
+With a run directory the chosen split is written to ``RUN_DIR/data/split.csv`` (atomically) and the near-duplicate
+report to ``RUN_DIR/data/near_duplicates.json``; a rerun recomputes the split and refuses to go on when it differs
+from the file (a different data config needs a new run dir).
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from synthmed.data import neardup
 from synthmed.data.config import DataConfig
 from synthmed.data.dataset import ImageSet, RealData
 from synthmed.data.sources import read_source
 from synthmed.data.splits import duplicate_pairs, make_splits, subset_indices
 from synthmed.errors import DataError
-from synthmed.io import atomic_write_csv, pixel_hash
+from synthmed.io import atomic_write_csv, atomic_write_json, pixel_hash
+from synthmed.layout import RunLayout
 
 SPLIT_COLUMNS = ["id", "split", "label", "class_name", "in_train_subset"]
 
@@ -33,7 +40,9 @@ def load_data(cfg: DataConfig, run_dir: Path | None = None, echo_warnings: bool 
         if len(sets[s]) == 0:
             raise DataError(f"{cfg.source}: the {s} split is empty (too few images? lower data.val_fraction/test_fraction or add images)")
     pool = sets["train"]
-    usable = np.flatnonzero(~eval_duplicate_mask(pool, sets["val"], sets["test"], cfg, warn))
+    exact = eval_duplicate_mask(pool, sets["val"], sets["test"], cfg, warn)
+    near, near_report = near_duplicate_mask(pool, sets["val"], sets["test"], cfg, warn, skip=exact)
+    usable = np.flatnonzero(~(exact | near))
     keep = subset_indices(pool.labels[usable], raw.classes, cfg, warn)
     train = pool.subset(usable[keep])
     excluded = sorted(set(pool.ids) - {pool.ids[i] for i in usable.tolist()})
@@ -42,12 +51,51 @@ def load_data(cfg: DataConfig, run_dir: Path | None = None, echo_warnings: bool 
     policy = dict(raw.policy, source=cfg.source)
     data = RealData(raw.classes, train, sets["val"], sets["test"], pool, cfg.source, policy, warn,
                     subset_applied=subset_applied, excluded_ids=excluded)
+    data.near_duplicates = near_report  # type: ignore[attr-defined]  # (a RealData field once dataset.py has it)
     if echo_warnings:
         for w in warn:
             print(f"warning: {w}", file=sys.stderr)
     if run_dir is not None:
-        write_or_check_split(data, Path(run_dir) / "data" / "split.csv")
+        layout = RunLayout(run_dir)
+        write_or_check_split(data, layout.split)
+        atomic_write_json(neardup_report_path(run_dir), near_report)
     return data
+
+
+def neardup_report_path(run_dir: str | Path) -> Path:
+    """Where ``load_data`` writes the near-duplicate report of a run (read by the report)."""
+    layout = RunLayout(run_dir)
+    return getattr(layout, "near_duplicates", layout.data / neardup.REPORT_NAME)
+
+
+def near_duplicate_mask(pool: ImageSet, val: ImageSet, test: ImageSet, cfg: DataConfig, warn: list[str],
+                        skip: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Mark the training-split images that nearly copy a val or test image (pHash, ``data.near_duplicate_distance``).
+
+    Returns the mask and the report (counts per split and examples). Exact copies (``skip``) are counted by
+    :func:`eval_duplicate_mask` and left out here. Under ``strict`` a near-duplicate is an error.
+    """
+    distance = neardup.resolve_distance(cfg.near_duplicate_distance)
+    keep = np.flatnonzero(~skip) if skip is not None else np.arange(len(pool))
+    drop = np.zeros(len(pool), dtype=bool)
+    found = []
+    if len(keep):
+        cand = neardup.phash_shifted(pool.images[keep])
+        cand_ok = neardup.informative(pool.images[keep])
+        ids = [pool.ids[i] for i in keep.tolist()]
+        for name, other in (("val", val), ("test", test)):
+            hit = neardup.find(cand, ids, neardup.phash(other.images), other.ids, distance, name,
+                               cand_ok=cand_ok, held_ok=neardup.informative(other.images))
+            found.append(hit)
+            drop[keep[hit.mask]] = True
+    else:
+        found = [neardup.NearDuplicates(n, distance, np.zeros(0, bool)) for n in ("val", "test")]
+    msg = neardup.message(found, "train split")
+    if msg is not None:
+        if cfg.strict:
+            raise DataError(msg + "; remove them from the train split, lower data.near_duplicate_distance or drop --strict")
+        warn.append(msg + f"; {int(drop.sum())} such train image(s) removed from training")
+    return drop, neardup.report(found, "train split vs val/test", int(drop.sum()))
 
 
 def eval_duplicate_mask(pool: ImageSet, val: ImageSet, test: ImageSet, cfg: DataConfig, warn: list[str]) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The image policy: read any image file into uint8, then bring every image to one size and channel count.
 
-* ``read_image`` turns a file into a uint8 ``(H, W, 1 | 3)`` array: 16-bit images are scaled (not clipped) to
-  8 bits, palette images are expanded, alpha is composited on white, CMYK/YCbCr/LAB become RGB. Corrupt,
-  truncated and empty files and decompression bombs raise a one-line ``DataError`` naming the file.
+* ``read_pixels`` reads a file at full depth: 8-bit images as uint8 ``(H, W, 1 | 3)`` (palette expanded, alpha
+  composited on white, CMYK/YCbCr/LAB as RGB); 16-bit, 32-bit and float images as float32 ``(H, W, 1)``, kept deep
+  through resizing until ``quantize`` maps a value window (``value_window``: ``data.window``, else
+  ``data.intensity``) to 0..255. ``read_image`` = read + quantize with the type's range. Corrupt, truncated and
+  empty files and decompression bombs raise a one-line ``DataError`` naming the file.
 * ``fit_size`` applies ``data.size`` with ``data.resize``: ``center_crop`` (centre square, then resize),
   ``resize`` (squash to square) or ``pad`` (pad to square with the mean border colour, then resize).
 * ``unify_channels`` makes a list of images share one channel count (``data.channels``; ``auto`` keeps
@@ -47,24 +49,29 @@ def _composite_on_white(im: Image.Image, mode: str) -> Image.Image:
     return Image.alpha_composite(bg.convert("RGBA"), rgba.convert("RGBA")).convert(mode)
 
 
-def _to_array(im: Image.Image) -> np.ndarray:
-    """PIL image (any mode) -> uint8 (H, W, 1 | 3)."""
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _deep_array(im: Image.Image) -> tuple[np.ndarray, tuple[float, float]]:
+    """A >8-bit PIL image -> float32 (H, W, 1) and the value range that maps to 0..255 by default (``range``)."""
     mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        arr = np.asarray(im).astype(np.int64)
-        top = 65535 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
-        if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
-            raise ValueError(f"{mode} image with values outside 0..65535")
-        arr = np.rint(arr * (255.0 / top)).astype(np.uint8)
-        return arr[:, :, None]
     if mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
+        arr = np.asarray(im, dtype=np.float32)
         if not np.isfinite(arr).all():
             raise ValueError("float image contains NaN or inf")
         lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
-        scale = 1.0 if hi <= 1.0 and lo >= 0.0 else (hi - lo or 1.0)
-        arr = (arr - (0.0 if scale == 1.0 else lo)) / scale
-        return np.rint(np.clip(arr, 0, 1) * 255).astype(np.uint8)[:, :, None]
+        rng = (0.0, 1.0) if lo >= 0.0 and hi <= 1.0 else (lo, hi if hi > lo else lo + 1.0)
+        return arr[:, :, None], rng
+    arr = np.asarray(im).astype(np.int64)
+    if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
+        raise ValueError(f"{mode} image with values outside 0..65535")
+    top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+    return arr.astype(np.float32)[:, :, None], (0.0, top)
+
+
+def _to_array(im: Image.Image) -> np.ndarray:
+    """PIL image (any 8-bit mode) -> uint8 (H, W, 1 | 3)."""
+    mode = im.mode
     if mode == "P":
         has_alpha = "transparency" in im.info or im.palette is not None and im.palette.mode == "RGBA"
         im = _composite_on_white(im, "RGB") if has_alpha else im.convert("RGB")
@@ -81,8 +88,13 @@ def _to_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))  # RGB, CMYK, YCbCr, LAB, HSV
 
 
-def read_image(path: str | Path, max_pixels: int = 89_478_485) -> np.ndarray:
-    """Read one image file as uint8 (H, W, 1 | 3); any problem is a one-line DataError naming the file."""
+def read_pixels(path: str | Path, max_pixels: int = 89_478_485) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+    """Read one image file at full depth: ``(array, value_range, mode)``.
+
+    8-bit images: uint8 (H, W, 1 | 3) and ``None``. 16-bit / 32-bit integer and float images: float32 (H, W, 1)
+    and the range that ``intensity: range`` maps to 0..255 (0..65535 for 16-bit): they keep their depth until
+    ``quantize`` (after resizing and windowing). Any problem is a one-line DataError naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}")
@@ -92,7 +104,10 @@ def read_image(path: str | Path, max_pixels: int = 89_478_485) -> np.ndarray:
     try:
         with pixel_limit(max_pixels), Image.open(path) as im:
             im.load()
-            return np.ascontiguousarray(_to_array(im))
+            if im.mode in DEEP_MODES:
+                arr, rng = _deep_array(im)
+                return np.ascontiguousarray(arr), rng, im.mode
+            return np.ascontiguousarray(_to_array(im)), None, im.mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(
             f"{path}: image too large, above data.max_image_pixels={max_pixels} (possible decompression bomb); "
@@ -105,8 +120,39 @@ def read_image(path: str | Path, max_pixels: int = 89_478_485) -> np.ndarray:
         raise DataError(f"{path}: corrupt or truncated image ({reason})") from None
 
 
+def value_window(arr: np.ndarray, value_range: tuple[float, float], window: Sequence[float] | None,
+                 intensity: str = "range") -> tuple[float, float]:
+    """The (low, high) values mapped to 0 and 255 for a deep image.
+
+    ``window`` = [center, width] wins (DICOM convention: low = center - width/2); else ``intensity``: ``range``
+    (the type's range), ``minmax`` (this image's min..max) or ``percentile`` (its 0.5th..99.5th percentiles).
+    """
+    if window is not None:
+        center, width = float(window[0]), max(float(window[1]), 1e-6)
+        return center - width / 2, center + width / 2
+    if intensity == "minmax":
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+    elif intensity == "percentile":
+        lo, hi = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
+    else:
+        lo, hi = value_range
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
+def quantize(arr: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Deep (float) pixels -> uint8: ``low`` -> 0, ``high`` -> 255, clipped outside."""
+    scaled = (arr.astype(np.float64) - low) / (high - low)
+    return np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def read_image(path: str | Path, max_pixels: int = 89_478_485) -> np.ndarray:
+    """Read one image file as uint8 (H, W, 1 | 3); deep images map their type's range to 0..255 (16-bit: /257)."""
+    arr, rng, _ = read_pixels(path, max_pixels)
+    return arr if rng is None else quantize(arr, *rng)
+
+
 def fit_size(arr: np.ndarray, size: int | None, mode: str = "center_crop") -> np.ndarray:
-    """Bring one (H, W, C) uint8 image to ``size x size`` with ``mode``; ``size=None`` keeps it as is."""
+    """Bring one (H, W, C) image (uint8, or float32 deep pixels) to ``size x size``; ``size=None`` keeps it."""
     if size is None:
         return arr
     h, w = arr.shape[:2]
@@ -117,18 +163,23 @@ def fit_size(arr: np.ndarray, size: int | None, mode: str = "center_crop") -> np
     elif mode == "pad" and h != w:
         s = max(h, w)
         border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).reshape(-1, arr.shape[2])
-        fill = np.rint(border.mean(axis=0)).astype(np.uint8)
-        out = np.empty((s, s, arr.shape[2]), np.uint8)
+        mean = border.mean(axis=0)
+        fill = np.rint(mean).astype(np.uint8) if arr.dtype == np.uint8 else mean.astype(arr.dtype)
+        out = np.empty((s, s, arr.shape[2]), arr.dtype)
         out[:] = fill
         top, left = (s - h) // 2, (s - w) // 2
         out[top : top + h, left : left + w] = arr
         arr = out
     if arr.shape[0] == size and arr.shape[1] == size:
         return np.ascontiguousarray(arr)
-    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     shrinking = arr.shape[0] > size or arr.shape[1] > size
-    im = im.resize((size, size), Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
-    out = np.asarray(im)
+    method = Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC
+    if arr.dtype != np.uint8:  # deep pixels: resize each channel in float ('F' mode), quantize later
+        planes = [np.asarray(Image.fromarray(np.ascontiguousarray(arr[:, :, c], np.float32)).resize((size, size), method))
+                  for c in range(arr.shape[2])]
+        return np.stack(planes, axis=-1)
+    im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    out = np.asarray(im.resize((size, size), method))
     return out[:, :, None] if out.ndim == 2 else out
 
 
@@ -171,7 +222,7 @@ def stack(images: Sequence[np.ndarray], size: int | None, channels: Any, warn: l
         some = ", ".join(f"{h}x{w}" for h, w in sorted(shapes)[:3])
         raise DataError(
             f"{what}: images have different sizes ({some}{', ...' if len(shapes) > 3 else ''}); "
-            f"choose one with --set data.size=N"
+            f"this stage needs one size: set data.size (--set data.size=N)"
         )
     c = unify_channels(images, channels, warn, what)
     return np.stack([set_channels(a, c) for a in images])

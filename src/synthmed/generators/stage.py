@@ -24,10 +24,10 @@ def _load(cfg: Any, run_dir: Path) -> Any:
     return load_data(cfg.data, run_dir)
 
 
-def finetune(cfg: Any, run_dir: str | Path) -> Path:
+def finetune(cfg: Any, run_dir: str | Path, data: Any = None) -> Path:
     """Train (ddpm) or fine-tune (stable_diffusion) the generator; returns ``RUN_DIR/generator``."""
     run_dir = Path(run_dir)
-    data = _load(cfg, run_dir)
+    data = _load(cfg, run_dir) if data is None else data
     if cfg.generator.kind == "stable_diffusion":
         from synthmed.generators.stable_diffusion import finetune_sd
 
@@ -35,12 +35,12 @@ def finetune(cfg: Any, run_dir: str | Path) -> Path:
     return finetune_ddpm(cfg, run_dir, data)
 
 
-def generate(cfg: Any, run_dir: str | Path) -> Path:
+def generate(cfg: Any, run_dir: str | Path, data: Any = None) -> Path:
     """Sample the synthetic set; returns ``RUN_DIR/synthetic``."""
     run_dir = Path(run_dir)
     if not (run_dir / GENERATOR_DIR).is_dir():
         raise MissingStageError(f"generator ({run_dir / GENERATOR_DIR})", "finetune")
-    data = _load(cfg, run_dir)
+    data = _load(cfg, run_dir) if data is None else data
     if cfg.generator.kind == "stable_diffusion":
         from synthmed.generators.stable_diffusion import generate_sd
 

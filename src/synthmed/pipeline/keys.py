@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from synthmed.config import Config, with_overrides
-from synthmed.errors import ConfigError
+from synthmed.classifiers.policies import mix_key, policy_kind, resolve_policy, uses_synthetic
+from synthmed.config import Config
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: a policy's train key holds only the mix fields it reads (policies.mix_key)
 UPSTREAM_STAGES = ("data", "finetune", "generate", "quality")
 STAGES = ("data", "finetune", "generate", "quality", "train", "evaluate", "report")
 
@@ -54,38 +54,19 @@ def upstream_keys(cfg: Config) -> UpstreamKeys:
     return UpstreamKeys(data, finetune, generate, quality)
 
 
-def resolve_policy(cfg: Config, name: str) -> Config:
-    """The config a policy trains with: ``cfg`` plus the policy's dotted overrides."""
-    if name not in cfg.run.policies:
-        known = ", ".join(sorted(cfg.run.policies)) or "none"
-        raise ConfigError(f"unknown policy '{name}' (run.policies has: {known})")
-    overrides = cfg.run.policies[name] or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"run.policies.{name} must be a mapping of dotted keys to values")
-    try:
-        return with_overrides(cfg, dict(overrides))
-    except ConfigError as err:
-        raise ConfigError(f"run.policies.{name}: {err}") from None
-
-
 def is_synthetic(policy_cfg: Config) -> bool:
     """Whether a resolved policy trains on synthetic images (and so needs finetune, generate and quality)."""
-    from synthmed.classifiers.mixing import needs_synthetic
-
-    return bool(needs_synthetic(policy_cfg.mix))
-
-
-def policy_kind(policy_cfg: Config) -> str:
-    """``synthetic``, ``classical`` (an imbalance baseline on real images) or ``real_only``."""
-    if policy_cfg.mix.policy != "real_only":  # as `synthmed evaluate` classifies runs
-        return "synthetic"
-    return "classical" if policy_cfg.imbalance.method != "none" else "real_only"
+    return uses_synthetic(policy_cfg.mix)
 
 
 def train_key(policy_cfg: Config, seed: int, upstream: UpstreamKeys) -> str:
     """Key of one classifier: its inputs (quality for synthetic policies, data otherwise), recipe and seed."""
     source = upstream.quality if is_synthetic(policy_cfg) else upstream.data
     return digest({
-        "stage": "train", "in": source, "classifier": _dump(policy_cfg.classifier), "mix": _dump(policy_cfg.mix),
+        "stage": "train", "in": source, "classifier": _dump(policy_cfg.classifier), "mix": mix_key(policy_cfg.mix),
         "imbalance": _dump(policy_cfg.imbalance), "seed": int(seed),
     })
+
+
+__all__ = ["KEY_VERSION", "STAGES", "UPSTREAM_STAGES", "UpstreamKeys", "digest", "is_synthetic", "policy_kind",
+           "resolve_policy", "train_key", "upstream_keys"]

@@ -165,23 +165,21 @@ def load_classifiers(run_dir: Path) -> ClassifierRuns:
 
 
 def policy_kinds(cfg: Any, names: list[str], runs: ClassifierRuns | None = None) -> dict[str, str]:
-    """``synthetic`` / ``classical`` / ``real_only`` per policy: from what its metrics.json says was trained (as
-    ``synthmed evaluate`` does), else from the config, else ``real_only`` by name or ``unknown``."""
+    """``synthetic`` / ``classical`` / ``real_only`` per policy, from what its metrics.json says was trained (the
+    ``policy_kind`` the train stage wrote; older files: synthetic only when synthetic images were used), else
+    ``real_only`` by name or ``unknown``. The report reads files only: it never re-derives a kind from a config."""
+    del cfg  # kept in the signature for callers; the kind comes from what was trained
     out = {}
     for name in names:
         kind = None
         first = next(iter((runs.raw.get(name) or {}).values()), None) if runs is not None else None
-        if isinstance(first, dict) and isinstance(first.get("mix"), dict):
-            mix = first["mix"].get("policy", "real_only")
-            method = (first.get("imbalance") or {}).get("method", "none")
-            kind = "synthetic" if mix != "real_only" else ("classical" if method != "none" else "real_only")
-        elif cfg is not None and name in cfg.run.policies:
-            try:
-                from synthmed.pipeline.keys import policy_kind, resolve_policy
-
-                kind = policy_kind(resolve_policy(cfg, name))
-            except Exception:  # noqa: BLE001
-                kind = None
+        if isinstance(first, dict):
+            if first.get("policy_kind") in ("real_only", "classical", "synthetic"):
+                kind = str(first["policy_kind"])
+            elif isinstance(first.get("mix"), dict):
+                method = (first.get("imbalance") or {}).get("method", "none")
+                kind = ("synthetic" if int(first.get("n_train_synthetic") or 0) > 0
+                        else ("classical" if method != "none" else "real_only"))
         out[name] = kind or ("real_only" if name == "real_only" else "unknown")
     return out
 
@@ -193,6 +191,45 @@ def per_class_recall(metrics: dict[str, Any], classes: list[str]) -> list[float]
     if isinstance(value, list):
         return [as_float(v) for v in value][: len(classes)]
     return []
+
+
+def synthetic_usage(runs: ClassifierRuns, classes: list[str]) -> dict[str, dict[str, Any]]:
+    """Per policy, from its metrics.json files: synthetic images used (mean over seeds), asked for, and the
+    per-class shortfall (``synthetic_shortfall_per_class``), plus the kind it was configured as."""
+    out: dict[str, dict[str, Any]] = {}
+    for policy, seeds in runs.raw.items():
+        first = next(iter(seeds.values()), {})
+        used = [as_float(m.get("n_train_synthetic")) for m in seeds.values()]
+        used = [u for u in used if math.isfinite(u)]
+        short = first.get("synthetic_shortfall_per_class")
+        asked = first.get("synthetic_requested_per_class")
+        names = list(first.get("classes") or classes)
+        per_class = {}
+        if isinstance(short, list):
+            per_class = {names[i] if i < len(names) else str(i): int(v) for i, v in enumerate(short) if int(v) > 0}
+        out[policy] = {
+            "used": float(np.mean(used)) if used else 0.0,
+            "requested": int(sum(int(v) for v in asked)) if isinstance(asked, list) else None,
+            "shortfall": per_class,
+            "configured_kind": first.get("configured_kind"),
+        }
+    return out
+
+
+def usage_note(policy: str, usage: dict[str, Any] | None) -> str | None:
+    """One sentence when a policy got fewer synthetic images than it asked for, or none at all (else None)."""
+    if not usage:
+        return None
+    if usage.get("configured_kind") == "synthetic" and usage.get("used", 0) == 0:
+        return (f"{policy} was configured to add synthetic images but trained on none (the synthetic set was empty "
+                "after the quality gate and filter): it is reported as a real-image policy, not as synthetic.")
+    if usage.get("shortfall"):
+        parts = ", ".join(f"{c} −{n}" for c, n in usage["shortfall"].items())
+        asked = usage.get("requested")
+        return (f"{policy} trained on {usage['used']:.0f} synthetic images"
+                + (f" of the {asked} it asked for" if asked is not None else "")
+                + f"; short per class: {parts}.")
+    return None
 
 
 def headline(runs: ClassifierRuns, kinds: dict[str, str], metric: str = PRIMARY) -> dict[str, Any] | None:

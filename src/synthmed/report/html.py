@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from synthmed.errors import UserError
+from synthmed.layout import RunLayout
 from synthmed.io import atomic_write_text
 from synthmed.report import collect, plots
 
@@ -109,7 +110,8 @@ def _data_section(summary: dict[str, Any] | None, cfg_raw: dict[str, Any] | None
     return body
 
 
-def _headline_section(runs: collect.ClassifierRuns, kinds: dict[str, str]) -> str:
+def _headline_section(runs: collect.ClassifierRuns, kinds: dict[str, str],
+                      usage: dict[str, dict[str, Any]] | None = None) -> str:
     head = collect.headline(runs, kinds)
     if head is None:
         return _absent("no trained classifiers (RUN_DIR/classifiers/<policy>/seed<k>/metrics.json).")
@@ -126,20 +128,33 @@ def _headline_section(runs: collect.ClassifierRuns, kinds: dict[str, str]) -> st
         p = f", paired t-test p = {d['p']:.3g}" if isinstance(d.get("p"), float) else ""
         body += (f"<p>Paired difference {escape(d['a'])} − {escape(d['b'])} ({escape(d['role'])}): "
                  f"<b>{_ci(d['mean'], d['lo'], d['hi'], d['n'])}</b> over {d['n']} shared seed(s){p}: {verdict}.</p>")
-    if not any(r["role"] == "best synthetic" for r in head["rows"]):
-        body += "<p class=note>No synthetic policy was trained.</p>"
+    usage = usage or {}
+    best_syn = next((r["policy"] for r in head["rows"] if r["role"] == "best synthetic"), None)
+    notes = [collect.usage_note(best_syn, usage.get(best_syn))] if best_syn else []
+    notes += [collect.usage_note(p, u) for p, u in usage.items()
+              if u.get("configured_kind") == "synthetic" and u.get("used", 0) == 0]
+    for note in dict.fromkeys(n for n in notes if n):
+        body += f"<p class=warn id=synthetic-shortage>{escape(note)}</p>"
+    if best_syn is None:
+        body += "<p class=note>No policy trained on synthetic images.</p>"
     return body
 
 
-def _results_section(runs: collect.ClassifierRuns, kinds: dict[str, str], evaluation: str | None) -> str:
+def _results_section(runs: collect.ClassifierRuns, kinds: dict[str, str], evaluation: str | None,
+                     usage: dict[str, dict[str, Any]] | None = None) -> str:
     if not runs.metrics:
         return _absent("no trained classifiers.")
+    usage = usage or {}
     rows = []
     for policy in runs.metrics:
-        cells = [escape(policy), escape(kinds.get(policy, "?")), str(len(runs.metrics[policy]))]
+        u = usage.get(policy) or {}
+        short = ", ".join(f"{escape(c)} −{n}" for c, n in (u.get("shortfall") or {}).items()) or "none"
+        used = f"{u.get('used', 0):.0f}" + (f" of {u['requested']}" if u.get("requested") is not None else "")
+        cells = [escape(policy), escape(kinds.get(policy, "?")), str(len(runs.metrics[policy])), used, short]
         cells += [_ci(*runs.summary(policy, m)) for m in collect.METRICS]
         rows.append(cells)
-    body = _table(["policy", "kind", "seeds", *collect.METRICS], rows, left=2)
+    body = _table(["policy", "kind", "seeds", "synthetic used", "synthetic short", *collect.METRICS], rows,
+                  left=2)
     if evaluation:
         body += f"<details><summary>synthmed evaluate</summary><pre>{escape(evaluation)}</pre></details>"
     return body
@@ -303,17 +318,19 @@ def build_report(run_dir: str | Path) -> Path:
     df = collect.load_results(run_dir)
     names = list(runs.metrics) + ([str(p) for p in df["policy"].unique()] if df is not None and "policy" in df else [])
     kinds = collect.policy_kinds(cfg, list(dict.fromkeys(names)), runs)
-    q = collect.read_json(run_dir / "quality" / "quality.json")
+    layout = RunLayout(run_dir)
+    q = collect.read_json(layout.quality_json)
     classes = [str(c) for c in (summary or {}).get("classes", [])]
     if not classes and isinstance(q, dict):
         classes = [str(c) for c in q.get("classes", []) or []]
-    ev_path = run_dir / "pipeline" / "evaluation.txt"
+    usage = collect.synthetic_usage(runs, classes)
+    ev_path = layout.evaluation_txt
     evaluation = ev_path.read_text(encoding="utf-8") if ev_path.is_file() else None
 
     sections = [
-        ("headline", "Headline", _headline_section(runs, kinds)),
+        ("headline", "Headline", _headline_section(runs, kinds, usage)),
         ("data", "Data", _data_section(summary, cfg_raw, out)),
-        ("results", "All policies", _results_section(runs, kinds, evaluation)),
+        ("results", "All policies", _results_section(runs, kinds, evaluation, usage)),
         ("sweep", "Sweep", _sweep_section(df, runs, kinds, out)),
         ("per-class", "Per-class recall", _per_class(runs, classes, out)),
         ("confusion", "Confusion matrices", _confusions(runs, classes, out)),
