@@ -28,8 +28,9 @@ def generator_at(work: Path, preset: str, step: int, **overrides):
     from diffusers import DDPMScheduler
 
     from synthmed.generators.config import DDPMConfig
-    from synthmed.generators.ddpm import DDPMGenerator, ImagePolicy, build_unet, resolve_arch
-    from synthmed.generators.ddpm_state import load_tensors
+    from synthmed.generators.checkpoints import load_tensors
+    from synthmed.generators.ddpm.generator import DDPMGenerator
+    from synthmed.generators.ddpm.model import ImagePolicy, build_unet, resolve_arch
 
     cfg = DDPMConfig(preset=preset, **overrides)
     arch = resolve_arch(cfg)
@@ -93,9 +94,11 @@ def main() -> None:
             if args.phase == "sample" and not ema_file.is_file():
                 print(f"{preset} step {step}: no {ema_file.relative_to(work)} here, not sampled", flush=True)
             elif args.phase in ("all", "sample") and not imgs_path.is_file() and "fid" not in pt:
+                from synthmed.generators.base import SampleOptions
+
                 gen = generator_at(work, preset, step, **over).to(args.device)
-                np.save(imgs_path, gen.sample(yr.tolist(), list(range(len(yr))), sampler="dpmpp", steps=20,
-                                              guidance=args.guidance, batch_size=100 if args.device == "cpu" else 1000))
+                np.save(imgs_path, gen.sample(yr.tolist(), list(range(len(yr))), SampleOptions(
+                    "dpmpp", 20, args.guidance, batch_size=100 if args.device == "cpu" else 1000)))
             if args.phase in ("all", "score") and "fid" not in pt and imgs_path.is_file():
                 if real is None:
                     real = cached(args.work / f"real_test_{args.n}.npy", lambda: inception_features(xr))

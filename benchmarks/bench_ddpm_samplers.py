@@ -79,7 +79,8 @@ def train_model(preset: str, steps: int, work: Path, n_train: int | None, batch:
     """Train (resuming) on BloodMNIST train; returns the EMA generator and the training wall time recorded so far."""
     from synthmed.data.dataset import ImageSet
     from synthmed.generators.config import DDPMConfig
-    from synthmed.generators.ddpm_train import SimulatedInterrupt, train_ddpm
+    from synthmed.generators.checkpoints import SimulatedInterrupt
+    from synthmed.generators.ddpm.train import train_ddpm
 
     x, y = blood("train", n_train)
     data = ImageSet(x, y, [f"train/{i}" for i in range(len(y))])
@@ -108,6 +109,7 @@ def train_overrides(args: argparse.Namespace) -> dict:
 def main() -> None:
     import diffusers
     import torch
+    from synthmed.generators.base import SampleOptions
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="S")
@@ -157,8 +159,8 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.time()
-            imgs = gen.sample(yr[:n].tolist(), list(range(n)), sampler=name, steps=int(steps),
-                              guidance=args.guidance, batch_size=args.batch)
+            imgs = gen.sample(yr[:n].tolist(), list(range(n)),
+                              SampleOptions(name, int(steps), args.guidance, batch_size=args.batch))
             timing.write_text(json.dumps({"s_per_img": (time.time() - t0) / n, "threads": args.threads,
                                           "device": args.device, "batch": args.batch}))
             np.save(imgs_path, imgs)

@@ -15,7 +15,7 @@ def main() -> None:
     import torch
 
     from synthmed.generators.config import DDPMConfig
-    from synthmed.generators.ddpm import build_unet, resolve_arch
+    from synthmed.generators.ddpm.model import build_unet, resolve_arch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", default="1,2")

@@ -45,7 +45,7 @@ def run_ours(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray) -
 
     from synthmed.data.dataset import ImageSet
     from synthmed.generators.config import DDPMConfig
-    from synthmed.generators.ddpm_train import compute_loss, train_ddpm
+    from synthmed.generators.ddpm.train import compute_loss, train_ddpm
 
     stamps: list[float] = []
 
@@ -74,7 +74,7 @@ def run_reference(args: argparse.Namespace, images: np.ndarray, labels: np.ndarr
     from torchvision import transforms
 
     from synthmed.generators.config import DDPMConfig
-    from synthmed.generators.ddpm import build_unet, resolve_arch
+    from synthmed.generators.ddpm.model import build_unet, resolve_arch
 
     class Images(torch.utils.data.Dataset):
         def __init__(self) -> None:

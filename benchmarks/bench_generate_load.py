@@ -5,7 +5,7 @@
 1. trains a tiny XS DDPM for a few steps on ``phantom:blood`` at 28 px (quality irrelevant);
 2. runs ``synthmed generate`` in-process (DPM++ with few steps, no guidance) for ``--n`` images, while a sampler
    thread records the resident set size (VmRSS) every 0.2 s and at fixed image counts (a counter wraps
-   ``plan.atomic_save_png`` from the outside: stage code is not changed);
+   ``writer.atomic_save_png`` from the outside: stage code is not changed);
 3. prints and writes ``result.json``: images/s, peak RSS (VmHWM), RSS after 1,000 images and at the end.
 """
 
@@ -45,7 +45,7 @@ def main() -> None:
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     from synthmed.cli import main as cli
-    import synthmed.generators.plan as plan
+    import synthmed.synthetic.writer as plan
 
     per_class = -(-args.n // 4)
     sets = ["device=" + args.device, "data.size=28", "data.phantom={n_classes: 4, n_per_class: 20, size: 28}",

@@ -1,6 +1,6 @@
 """LoRA fine-tuning step time with vs without VAE-latent / text-embedding caching (synthmed's own training code).
 
-Tiny random SD (``synthmed.generators.sd_tiny``) at 64 px on CPU by default; images from ../shared/data/pbc-native
+Tiny random SD (``synthmed.testing.sd_tiny``) at 64 px on CPU by default; images from ../shared/data/pbc-native
 when present (random pixels otherwise). Two set-ups: text encoder frozen (latents + text cached: datadream_joint
 with text_encoder_targets=[]) and the cytodiff recipe (text-encoder LoRA: only latents can be cached).
 
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthmed.generators.sd_base import derived_seed, load_pipeline
 from synthmed.generators.sd_config import StableDiffusionConfig
-from synthmed.generators.sd_recipes import resolve
-from synthmed.generators.sd_tiny import build_tiny_sd
-from synthmed.generators.sd_train import Runtime, _Encoder, _loss, _optimizer, prepare_models, AdapterJob
+from synthmed.generators.stable_diffusion.base import derived_seed, load_pipeline
+from synthmed.generators.stable_diffusion.recipes import resolve
+from synthmed.generators.stable_diffusion.train import Runtime, _Encoder, _loss, _optimizer, prepare_models, AdapterJob
+from synthmed.testing.sd_tiny import build_tiny_sd
 
 PBC = Path(__file__).resolve().parents[2] / "shared" / "data" / "pbc-native"
 

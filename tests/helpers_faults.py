@@ -68,7 +68,7 @@ def cli(args: list[str], timeout: float = 900, **env_extra: str) -> subprocess.C
 
 
 # The fault injector runs inside the child: it wraps ``os.replace`` as seen by ``synthmed.io`` (every atomic file
-# write of the project goes through it) and by ``ddpm_state`` / ``generators.stage`` (checkpoint and generator
+# write of the project goes through it) and by ``generators.checkpoints`` / ``generators.stage`` (checkpoint and generator
 # folder renames).
 _BOOT = r"""
 import os, re, signal, sys, types
@@ -91,8 +91,8 @@ def replace(src, dst, *a, **k):
 proxy = types.ModuleType("os_with_fault")
 proxy.__dict__.update(os.__dict__)
 proxy.replace = replace
-import synthmed.io, synthmed.generators.ddpm_state, synthmed.generators.stage
-for mod in (synthmed.io, synthmed.generators.ddpm_state, synthmed.generators.stage):
+import synthmed.io, synthmed.generators.checkpoints, synthmed.generators.stage
+for mod in (synthmed.io, synthmed.generators.checkpoints, synthmed.generators.stage):
     mod.os = proxy
 from synthmed.cli import main
 sys.exit(main(sys.argv[1:]))

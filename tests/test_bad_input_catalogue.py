@@ -66,7 +66,7 @@ CONFIG_CASES = [
     ("confidence-below-0", ["--set", "filter.min_confidence=-0.1"], ["filter.min_confidence=-0.1", "greater than"]),
     ("fraction-zero", ["--set", "data.fraction=0"], ["data.fraction=0", "greater than 0"]),
     ("override-without-equals", ["--set", "classifier.epochs"], ["'classifier.epochs' must look like key=value"]),
-    ("unknown-sampler", ["--set", "generation.sampler=euler"], ["generation.sampler='euler'"]),
+    ("unknown-sampler", ["--set", "generation.sampler=plms"], ["generation.sampler='plms'"]),
 ]
 
 
@@ -181,13 +181,12 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.parametrize("extra, drop_split, needles", [
-    (["generation.strength=0.5"], False,
-     ["generation.strength (img2img) is for generator.kind=stable_diffusion only"]),
+    (["generation.guide=head_to_tail"], False, ["generation.guide=head_to_tail needs generation.strength"]),
     (["data.phantom.n_classes=3"], False, ["data/split.csv was written for a different data config",
                                            "use a new run dir (-o)"]),
     (["data.phantom.n_classes=3"], True, ["the generator was trained on classes", "rerun `synthmed finetune`"]),
     (["data.size=32", "data.phantom.size=32"], False, ["the generator makes 28x28x3 images, the data is 32x32x3"]),
-], ids=["img2img-with-ddpm", "split-from-other-data", "generator-for-other-classes", "generator-for-other-size"])
+], ids=["guide-without-strength", "split-from-other-data", "generator-for-other-classes", "generator-for-other-size"])
 def test_generate_mismatch(tiny_generator: Path, tmp_path: Path, capsys, extra, drop_split, needles) -> None:
     run_dir = _copy(tiny_generator, tmp_path / "run")
     if drop_split:

@@ -91,3 +91,12 @@ def test_offline_flag_holds_for_one_command_only(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a user's own setting survives a --offline call
     assert main(["--offline", "data", "info", "phantom:blood"]) == 0
     assert os.environ["HF_HUB_OFFLINE"] == "0"
+
+
+def test_usage_errors_are_one_line_exit_2(capsys) -> None:
+    from synthmed.cli import main
+
+    for argv, culprit in ((["run", "--bogus"], "--bogus"), (["train"], "config")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and culprit in err[0], err

@@ -11,9 +11,11 @@ import torch
 from synthmed.data.dataset import ImageSet
 from synthmed.errors import ConfigError, TrainingDivergedError, UserError
 from synthmed.generators.config import DDPMConfig
-from synthmed.generators.ddpm import PRESETS, DDPMGenerator, ImagePolicy, build_unet, count_params, resolve_arch
-from synthmed.generators.ddpm_state import list_checkpoints
-from synthmed.generators.ddpm_train import SimulatedInterrupt, compute_loss, train_ddpm
+from synthmed.generators.base import SampleOptions
+from synthmed.generators.checkpoints import SimulatedInterrupt, list_checkpoints
+from synthmed.generators.ddpm.generator import DDPMGenerator
+from synthmed.generators.ddpm.model import PRESETS, ImagePolicy, build_unet, count_params, resolve_arch
+from synthmed.generators.ddpm.train import compute_loss, train_ddpm
 
 CLASSES = ["bright_disc", "dark_square"]
 
@@ -102,7 +104,7 @@ def test_labels_matter(trained):
     gen = trained.generator
     n = 12
     labels = [0] * n + [1] * n
-    imgs = gen.sample(labels, list(range(100, 100 + 2 * n)), sampler="dpmpp", steps=12, guidance=3.0)
+    imgs = gen.sample(labels, list(range(100, 100 + 2 * n)), SampleOptions("dpmpp", 12, 3.0))
     assert imgs.shape == (2 * n, 8, 8, 1) and imgs.dtype == np.uint8
     bright = imgs[:n].reshape(n, -1).mean(1)
     dark = imgs[n:].reshape(n, -1).mean(1)
@@ -119,8 +121,8 @@ def test_save_load_gives_identical_samples(trained, tmp_path):
     assert not list((tmp_path / "g").rglob("*.bin")) and not list((tmp_path / "g").rglob("*.pt"))
     loaded = DDPMGenerator.load(tmp_path / "g")
     assert loaded.meta["model_sha256"] == sha and loaded.classes == CLASSES
-    kw = dict(sampler="ddim", steps=5, guidance=1.5)
-    np.testing.assert_array_equal(gen.sample([0, 1], [1, 2], **kw), loaded.sample([0, 1], [1, 2], **kw))
+    o = SampleOptions("ddim", 5, 1.5)
+    np.testing.assert_array_equal(gen.sample([0, 1], [1, 2], o), loaded.sample([0, 1], [1, 2], o))
 
 
 @pytest.mark.parametrize("sampler", ["dpmpp", "ddpm"])
@@ -128,13 +130,13 @@ def test_per_image_seeds_do_not_depend_on_batch(trained, sampler):
     gen = trained.generator
     labels, seeds = [0, 1, 1, 0, 1], [11, 12, 13, 14, 15]
     kw = dict(sampler=sampler, steps=6, guidance=1.5)
-    all5 = gen.sample(labels, seeds, batch_size=5, **kw)
-    by2 = gen.sample(labels, seeds, batch_size=2, **kw)
-    alone = gen.sample(labels[3:4], seeds[3:4], **kw)
+    all5 = gen.sample(labels, seeds, SampleOptions(batch_size=5, **kw))
+    by2 = gen.sample(labels, seeds, SampleOptions(batch_size=2, **kw))
+    alone = gen.sample(labels[3:4], seeds[3:4], SampleOptions(**kw))
     # floating-point kernels may round differently per batch shape: allow one grey level
     assert np.abs(all5.astype(int) - by2.astype(int)).max() <= 1
     assert np.abs(all5[3:4].astype(int) - alone.astype(int)).max() <= 1
-    other = gen.sample(labels[3:4], [99], **kw)
+    other = gen.sample(labels[3:4], [99], SampleOptions(**kw))
     assert np.abs(other.astype(int) - alone.astype(int)).mean() > 2  # the seed matters
 
 
@@ -183,5 +185,46 @@ def test_v_prediction_linear_and_min_snr_train(tmp_path):
     res = train_ddpm(tiny_cfg(steps=3, prediction_type="v_prediction", beta_schedule="linear", snr_gamma=5.0),
                      data, CLASSES, tmp_path, seed=0, device="cpu", progress=False)
     assert all(math.isfinite(v) for v in res.losses)
-    out = res.generator.sample([0, 1], [0, 1], sampler="ddim", steps=3, guidance=1.0)
+    out = res.generator.sample([0, 1], [0, 1], SampleOptions("ddim", 3, 1.0))
     assert out.shape == (2, 8, 8, 3)
+
+
+def test_class_power_draws():
+    """gamma = 1 is today's uniform torch.randint draw, bit for bit; gamma = 0 balances the classes."""
+    from synthmed.generators.sampling import IndexSampler, class_shares
+
+    labels = np.array([0] * 90 + [1] * 10)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(IndexSampler(labels, 2, 1.0)(64, g1), torch.randint(100, (64,), generator=g2))
+    assert torch.equal(g1.get_state(), g2.get_state())
+    draws = IndexSampler(labels, 2, 0.0)(4000, torch.Generator().manual_seed(0))
+    tail = float((torch.as_tensor(labels)[draws] == 1).float().mean())
+    assert 0.45 < tail < 0.55 and class_shares(labels, 2, 0.0) == pytest.approx([0.5, 0.5])
+
+
+def test_class_power_changes_training_only_when_not_one(tmp_path):
+    data = two_class_set(n_per_class=5, size=8)
+    data = data.subset(list(np.flatnonzero(data.labels == 0)) + [int(np.flatnonzero(data.labels == 1)[0])])  # 5 : 1
+    runs = {}
+    for gamma in (1.0, 0.0):
+        runs[gamma] = train_ddpm(tiny_cfg(steps=2, class_power=gamma), data, CLASSES, tmp_path / str(gamma), seed=0,
+                                 device="cpu", progress=False)
+    default = train_ddpm(tiny_cfg(steps=2), data, CLASSES, tmp_path / "default", seed=0, device="cpu", progress=False)
+    assert state_equal(default.generator.unet, runs[1.0].generator.unet)
+    assert not state_equal(runs[0.0].generator.unet, runs[1.0].generator.unet)
+    assert runs[0.0].generator.meta["training"]["class_power"] == 0.0
+
+
+def test_sdedit_starts_from_the_source(trained):
+    """Low strength keeps the source's brightness even under the other class's label; strength 1 ignores it."""
+    gen = trained.generator
+    data = two_class_set(n_per_class=6, size=8, seed=1)
+    bright = data.images[data.labels == 0][:6]
+    seeds = list(range(6))
+    low = gen.sample([1] * 6, seeds, SampleOptions("ddim", 10, 1.0, sources=bright, strength=0.2))
+    free = gen.sample([1] * 6, seeds, SampleOptions("ddim", 10, 1.0))
+    assert np.abs(low.astype(int) - bright.astype(int)).mean() < np.abs(free.astype(int) - bright.astype(int)).mean() / 2
+    full = gen.sample([1] * 6, seeds, SampleOptions("ddim", 10, 1.0, sources=bright, strength=1.0))
+    np.testing.assert_array_equal(full, free)
+    again = gen.sample([1] * 6, seeds, SampleOptions("ddim", 10, 1.0, sources=bright, strength=0.2, batch_size=2))
+    assert np.abs(again.astype(int) - low.astype(int)).max() <= 1  # per-image, not per-batch

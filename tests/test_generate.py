@@ -12,9 +12,9 @@ from PIL import Image
 from synthmed.cli import main
 from synthmed.config import load_config, save_resolved
 from synthmed.errors import MissingStageError
-from synthmed.generators.plan import counts_to_generate, plan_generation, shard
 from synthmed.generators.stage import finetune, generate
 from synthmed.synthetic.dataset import SyntheticSet, image_id, image_seed
+from synthmed.synthetic.writer import counts_to_generate, plan_generation, shard
 
 OVERRIDES = [
     "data.source=phantom:blood", "data.phantom.n_classes=2", "data.phantom.n_per_class=14", "data.phantom.size=28",
@@ -53,7 +53,9 @@ def test_finetune_writes_generator_layout(run):
     assert meta["training"]["steps"] == 3 and len(meta["model_sha256"]) == 64
     with open(gen / "training_images.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert rows and set(rows[0]) == {"id", "label", "pixel_hash"}
+    assert rows and list(rows[0]) == ["id", "label", "class_name", "pixel_hash"]
+    assert json.loads((gen / "generator_config.json").read_text())["settings"]["steps"] == 3
+    assert meta["fingerprint"] == meta["training"]["fingerprint"]
     ckpts = sorted(p.name for p in (run_dir / "generator_work" / "checkpoints").iterdir())
     assert ckpts == ["step-0000002", "step-0000003"]
     # a second finetune with the same config is a no-op (same fingerprint, same weights file)
@@ -129,3 +131,92 @@ def test_plan_balance_to_and_shards():
     with pytest.raises(ValueError):
         shard(items, 3, 3)
     np.testing.assert_equal(len(plan_generation(cfg, [], [])), 0)
+
+
+def test_guided_generation_records_sources_from_train_only(run, tmp_path):
+    """generation.strength (guide same_class): every image starts from a training image of its class; the manifest
+    records source, strength and guide; a guide without a strength is a one-line config error."""
+    import shutil
+
+    from synthmed.config import with_overrides
+    from synthmed.data.load import load_data
+    from synthmed.errors import ConfigError
+
+    cfg, run_dir = run
+    run2 = tmp_path / "guided"
+    shutil.copytree(run_dir / "generator", run2 / "generator")
+    data = load_data(cfg.data, run2, echo_warnings=False)
+    cfg2 = with_overrides(cfg, {"generation.strength": 0.5})
+    generate(cfg2, run2, data=data)
+    rows = SyntheticSet(run2).read_manifest()
+    label_of = dict(zip(data.train.ids, data.train.labels))
+    assert len(rows) == 6 and all(r["strength"] == "0.5" and r["guide"] == "same_class" for r in rows)
+    assert all(r["source_image"] in label_of and label_of[r["source_image"]] == r["label"] for r in rows)
+    assert not {r["source_image"] for r in rows} & (set(data.val.ids) | set(data.test.ids))
+    plain = {r["id"]: r for r in SyntheticSet(run_dir).read_manifest()}
+    assert all(plain[r["id"]]["source_image"] == "" and plain[r["id"]]["guide"] == "" for r in rows)
+    with pytest.raises(ConfigError, match="needs generation.strength"):
+        generate(with_overrides(cfg, {"generation.guide": "head_to_tail"}), run2, data=data)
+
+
+def test_plan_sources_head_to_tail():
+    from synthmed.synthetic.writer import plan_sources
+
+    cfg = load_config(None, ["generation.n_per_class=6", "seed=1"])
+    items = plan_generation(cfg, ["head", "mid", "tail"], [50, 10, 2])
+    cands = {0: [f"h{i}" for i in range(5)], 1: ["m0", "m1"], 2: ["t0"]}
+    h2t = plan_sources(items, cands, [50, 10, 2], "head_to_tail")
+    src_class = {s: c for c, ids in cands.items() for s in ids}
+    for it in h2t:
+        if it.class_index == 0:  # the most frequent class has no more frequent donor: its own images
+            assert src_class[it.source_id] == 0
+        else:
+            assert src_class[it.source_id] < it.class_index  # an image of a more frequent class
+    assert h2t == plan_sources(items, cands, [50, 10, 2], "head_to_tail")  # seeded by the items
+    same = plan_sources(items, cands, [50, 10, 2], "same_class")
+    assert [it.source_id for it in same if it.class_index == 1] == ["m0", "m1"] * 3
+    assert plan_sources(items, cands, [50, 10, 2], "none") == items
+
+
+def _fake_sample(batch):
+    """A deterministic stand-in for a generator: pixels from each item's seed."""
+    return np.stack([np.random.default_rng(it.seed).integers(0, 256, (6, 6, 3), dtype=np.uint8) for it in batch])
+
+
+def test_writer_two_processes_equal_one(tmp_path):
+    """Shards of whole batches written by two 'processes' (rank 1 first, then rank 0 merges) give the manifest and
+    PNGs of one process; changed provenance regenerates; no partial manifest is left."""
+    from synthmed.synthetic.writer import PARTIAL, write_synthetic
+
+    cfg = load_config(None, ["generation.n_per_class=5"])
+    items = plan_generation(cfg, ["a", "b", "c"], [1, 1, 1])
+    prov = {"generator": "fake", "sampler": "x", "steps": 3, "guidance": 1.5, "model_sha256": ["s0", "s1", "s2"]}
+    one, two = tmp_path / "one", tmp_path / "two"
+    made = write_synthetic(one, items, _fake_sample, prov, batch_size=4, progress=False)
+    assert len(made) == 15
+    for rank in (1, 0):
+        write_synthetic(two, items, _fake_sample, prov, batch_size=4, rank=rank, world=2, progress=False)
+    assert (two / "synthetic" / "manifest.csv").read_bytes() == (one / "synthetic" / "manifest.csv").read_bytes()
+    assert _bytes(two / "synthetic") == _bytes(one / "synthetic")
+    assert not list((two / "synthetic").glob(PARTIAL.format(rank="*")))
+    rows = SyntheticSet(one).read_manifest()
+    assert [r["model_sha256"] for r in rows[:3]] == ["s0", "s1", "s2"] and rows[0]["guidance"] == "1.5"
+    assert write_synthetic(one, items, _fake_sample, prov, batch_size=4, progress=False) == []  # all done
+    prov2 = dict(prov, steps=4)
+    assert len(write_synthetic(one, items, _fake_sample, prov2, batch_size=4, progress=False)) == 15
+    assert {r["steps"] for r in SyntheticSet(one).read_manifest()} == {"4"}
+
+
+def test_testing_package_is_not_imported_by_runtime_code():
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "synthmed"
+    bad = []
+    for path in src.rglob("*.py"):
+        if "testing" in path.relative_to(src).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.name}: {n}" for n in names if n.startswith("synthmed.testing")]
+    assert not bad, bad

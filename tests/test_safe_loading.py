@@ -1,9 +1,8 @@
 """Safe loading: no pickle is ever loaded without ``--trust-pickle`` (and then only ``weights_only=True``), no shell,
 and every weight file our stages write is safetensors.
 
-Documented exception: the Stable Diffusion fine-tuning checkpoint ``generator_work/checkpoints/step-*/state.pt``
-(optimizer / LR scheduler / RNG state) is written with ``torch.save`` and read back with ``weights_only=True``
-(``generators/sd_train.py``); it holds tensors and plain containers only.
+No exception: every checkpoint (DDPM, EDM and Stable Diffusion fine-tuning: weights, optimizer, LR scheduler and RNG
+state) is written as safetensors + JSON (``generators/checkpoints.py``); nothing in ``src`` calls ``torch.save``.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from synthmed.cli import main
 SRC = Path(__file__).resolve().parents[1] / "src" / "synthmed"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib"}
 #: (relative source file, suffix) pairs allowed to write a pickle-format file (see the module docstring)
-DOCUMENTED_PICKLES = {("generators/sd_train.py", "state.pt")}
+DOCUMENTED_PICKLES: set[tuple[str, str]] = set()  # none: every checkpoint is safetensors + JSON
 
 
 def _calls(tree: ast.AST):

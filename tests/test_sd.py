@@ -12,6 +12,15 @@ import pytest
 from test_sd_fixtures import CLASSES, make_cfg, pbc_subset, sd_overrides, tiny_sd  # noqa: F401
 
 from synthmed.errors import ConfigError, UserError
+from synthmed.generators.stage import finetune, generate
+
+
+def finetune_sd(cfg, run, data):
+    return finetune(cfg, run, data=data, progress=False)
+
+
+def generate_sd(cfg, run, data):
+    return generate(cfg, run, data=data, progress=False)
 
 
 def _png(path: Path) -> np.ndarray:
@@ -25,7 +34,6 @@ def _png(path: Path) -> np.ndarray:
 def trained(tiny_sd, pbc_subset, tmp_path_factory):
     """A cytodiff (per-class LoRA) run: fine-tuned and sampled once for the module."""
     from synthmed.data.load import load_data
-    from synthmed.generators.stable_diffusion import finetune_sd, generate_sd
 
     run = tmp_path_factory.mktemp("sdrun") / "run"
     cfg = make_cfg(tiny_sd, pbc_subset)
@@ -46,7 +54,7 @@ def test_tiny_sd_tokenizer(tiny_sd):
 
 def test_recipes():
     from synthmed.generators.sd_config import StableDiffusionConfig
-    from synthmed.generators.sd_recipes import resolve
+    from synthmed.generators.stable_diffusion.recipes import resolve
 
     st = resolve(StableDiffusionConfig(recipe="cytodiff"))
     assert (st.rank, st.alpha, st.lr, st.weight_decay, st.batch_size, st.epochs, st.resolution) == (16, 16, 1e-4, 1e-2, 8, 300, 512)
@@ -116,7 +124,6 @@ def test_resume_and_batch_size(trained, tmp_path):
     """Deleted PNGs are regenerated bit for bit (the others are kept); another batch size changes at most a few
     pixels by one level (batched float kernels), never the image."""
     from synthmed.config import with_overrides
-    from synthmed.generators.stable_diffusion import generate_sd
 
     cfg, run, data = trained
     run2 = tmp_path / "run2"
@@ -143,10 +150,9 @@ def test_resume_and_batch_size(trained, tmp_path):
 
 def test_img2img_real_guidance(trained, tmp_path):
     from synthmed.config import with_overrides
-    from synthmed.generators.plan import plan_generation
-    from synthmed.generators.sd_base import load_pipeline
-    from synthmed.generators.sd_generate import _sampler, set_sampler
-    from synthmed.generators.stable_diffusion import generate_sd
+    from synthmed.generators.base import SampleOptions
+    from synthmed.generators.stable_diffusion import StableDiffusionGenerator
+    from synthmed.synthetic.writer import plan_generation
 
     cfg, run, data = trained
     run2 = tmp_path / "run2"
@@ -162,17 +168,13 @@ def test_img2img_real_guidance(trained, tmp_path):
         by_class.setdefault(r["class_name"], []).append(r["source_image"])
     assert all(len(set(v)) == 2 for v in by_class.values())  # 3 images cycle over the 2 few-shot sources
     # the output depends on the source image: same item, other source -> other image
-    pipe = load_pipeline(str(cfg.generator.stable_diffusion.base), True)
-    set_sampler(pipe, "dpmpp")
-    pipe.set_progress_bar_config(disable=True)
+    gen = StableDiffusionGenerator.load(run / "generator", cfg2)
     item = plan_generation(cfg2, data.classes, data.train.counts(data.n_classes))[0]
-    pipe.load_lora_weights(run / "generator" / "lora" / item.class_name)
-    prompts = json.loads((run / "generator" / "synthmed.json").read_text())["prompts"]
     idx = [i for i, y in enumerate(data.train.labels) if y == item.class_index]
     outs = []
     for src in (idx[0], idx[1]):
-        sources = {item.class_name: [(data.train.ids[src], data.train.images[src])]}
-        outs.append(_sampler(pipe, prompts, None, 4, 2.0, 0.6, sources, 64, data)([item])[0])
+        opts = SampleOptions(steps=4, sources=data.train.images[src:src + 1], strength=0.6)
+        outs.append(gen.sample([item.class_index], [item.seed], opts)[0])
     assert np.abs(outs[0].astype(int) - outs[1].astype(int)).mean() > 1.0
     first = next(r for r in rows if r["id"] == item.id)
     if first["source_image"] == data.train.ids[idx[0]]:
@@ -184,7 +186,6 @@ def test_resume_training_equals_uninterrupted(tiny_sd, pbc_subset, tmp_path):
     from safetensors.torch import load_file
 
     from synthmed.data.load import load_data
-    from synthmed.generators.stable_diffusion import finetune_sd
 
     cfg = make_cfg(tiny_sd, pbc_subset, **{"generator.stable_diffusion.recipe": "datadream_joint",
                                           "generator.stable_diffusion.max_steps": 4,
@@ -199,7 +200,7 @@ def test_resume_training_equals_uninterrupted(tiny_sd, pbc_subset, tmp_path):
     work = run / "generator_work" / "joint"
     shutil.rmtree(work / "checkpoints" / "step-000004")
     (work / "done.json").unlink()
-    lora.unlink()
+    shutil.rmtree(run / "generator")
     finetune_sd(cfg, run, data)
     assert json.loads((work / "done.json").read_text())["resumed_from"] == 2
     resumed = load_file(lora)
@@ -235,7 +236,7 @@ def test_cli_errors_exit_2(tiny_sd, pbc_subset, tmp_path, capsys):
 
 def test_lora_for_another_base_exit_2(trained, tmp_path, capsys):
     from synthmed.cli import main
-    from synthmed.generators.sd_tiny import build_tiny_sd
+    from synthmed.testing.sd_tiny import build_tiny_sd
 
     cfg, run, data = trained
     other = build_tiny_sd(tmp_path / "other-sd", seed=1, cross_attention_dim=48)
@@ -249,7 +250,7 @@ def test_lora_for_another_base_exit_2(trained, tmp_path, capsys):
 
 
 def test_base_loading_errors(tmp_path):
-    from synthmed.generators.sd_base import load_pipeline
+    from synthmed.generators.stable_diffusion.base import load_pipeline
 
     with pytest.raises(ConfigError, match="base is not set"):
         load_pipeline(None, True)
@@ -264,7 +265,7 @@ def test_lora_stack_version_mismatch_is_one_line(monkeypatch):
     """transformers >= 5.24 with peft < 0.22 fails at the first text-encoder adapter; we refuse it up front."""
     import transformers.integrations.peft as tp
 
-    from synthmed.generators.sd_base import check_lora_stack
+    from synthmed.generators.stable_diffusion.base import check_lora_stack
 
     check_lora_stack()  # the installed stack is compatible (pyproject caps transformers accordingly)
     monkeypatch.setattr(tp, "MIN_PEFT_VERSION", "999.0", raising=False)
@@ -277,7 +278,6 @@ def test_caching_does_not_change_training(tiny_sd, pbc_subset, tmp_path):
     from safetensors.torch import load_file
 
     from synthmed.data.load import load_data
-    from synthmed.generators.stable_diffusion import finetune_sd
 
     common = {"generator.stable_diffusion.recipe": "datadream_joint", "generator.stable_diffusion.max_steps": 3,
               "generator.stable_diffusion.text_encoder_targets": "[]"}
@@ -296,7 +296,6 @@ def test_caching_does_not_change_training(tiny_sd, pbc_subset, tmp_path):
 
 def test_full_unet_recipe(tiny_sd, pbc_subset, tmp_path):
     from synthmed.data.load import load_data
-    from synthmed.generators.stable_diffusion import finetune_sd, generate_sd
 
     cfg = make_cfg(tiny_sd, pbc_subset, **{"generator.stable_diffusion.recipe": "full_unet",
                                           "generator.stable_diffusion.max_steps": 2, "generation.n_per_class": 1})

@@ -19,7 +19,7 @@ PER_CLASS = 12
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
-    from synthmed.generators.sd_tiny import build_tiny_sd
+    from synthmed.testing.sd_tiny import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd", seed=0)
 

@@ -33,11 +33,32 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 
-def load_config(path: PathLike | None = None, overrides: list[str] | None = None, strict: bool | None = None) -> Config:
-    """A YAML config (or the defaults when ``path`` is None) with ``--set``-style overrides (``"a.b=c"``)."""
+def load_config(path: PathLike | None = None, overrides: list[str] | None = None, strict: bool | None = None,
+                label_safe: bool = True) -> Config:
+    """A YAML config (or the defaults when ``path`` is None) with ``--set``-style overrides (``"a.b=c"``).
+
+    With ``label_safe`` (the default) flips and rotations are checked against the classes: where a side carries the
+    label they are refused when set explicitly and turned off with a warning when on by default."""
     from synthmed.config import load_config as _load
 
-    return _load(path, list(overrides or []), strict=strict)
+    cfg = _load(path, list(overrides or []), strict=strict)
+    return label_safe_config(cfg) if label_safe else cfg
+
+
+def label_safe_config(cfg: Config, echo: bool = True) -> Config:
+    """``data.orientation.safe_augmentations`` on ``cfg`` with the source's class names (read without pixels).
+
+    Call it on a config as loaded (before ``with_overrides`` or a save and reload, which mark every field as set)."""
+    import sys
+
+    from synthmed.data.orientation import safe_augmentations
+    from synthmed.data.sources import read_source
+
+    plan = safe_augmentations(cfg, read_source(cfg.data, facts_only=True).classes)
+    if echo:
+        for note in plan.notes:
+            print(f"warning: {note}", file=sys.stderr)
+    return plan.config
 
 
 def _config(cfg: Config | PathLike) -> Config:
@@ -181,5 +202,5 @@ def describe_data(cfg: Config | PathLike | str) -> dict[str, Any]:
     return describe_source(_config(cfg).data)
 
 
-__all__ = ["Run", "describe_data", "evaluate", "finetune", "generate", "load_config", "load_data", "open_run",
+__all__ = ["Run", "describe_data", "label_safe_config", "evaluate", "finetune", "generate", "load_config", "load_data", "open_run",
            "quality", "report", "run", "train"]

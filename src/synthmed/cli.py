@@ -70,13 +70,19 @@ def _root(
         os.environ["SYNTHMED_TRUST_PICKLE"] = "1"
 
 
-def _config(path: Path | None, overrides: list[str] | None, strict: bool):
+def _config(path: Path | None, overrides: list[str] | None, strict: bool, label_safe: bool = True):
+    """The resolved config; for the verbs that train (``label_safe``), flips / rotations that would change a label
+    are refused (explicit) or turned off with a warning (default), see ``data/orientation.py``."""
     from synthmed.config import load_config
 
     cfg = load_config(path, overrides, strict=strict or None)
     if cfg.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if label_safe:
+        from synthmed.api import label_safe_config
+
+        cfg = label_safe_config(cfg)
     return cfg
 
 
@@ -107,7 +113,7 @@ def _data_config(spec: str, config: Path | None, overrides: list[str] | None, st
             extra.append(f"data.long_tail.max_per_class={max_per_class}")
     if fraction is not None:
         extra.append(f"data.fraction={fraction}")
-    return _config(config, list(overrides or []) + extra, strict)
+    return _config(config, list(overrides or []) + extra, strict, label_safe=False)
 
 
 @data_app.command("info")
@@ -298,8 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("aborted", err=True)
         code = 130
-    except ClickException as err:
-        err.show()
+    except ClickException as err:  # usage errors (unknown option, missing argument): one line, like every error
+        ctx = getattr(err, "ctx", None)
+        where = ctx.command_path if ctx is not None else "synthmed"
+        typer.echo(f"error: {err.format_message()} (see `{where} --help`)", err=True)
         code = 2
     except UserError as err:
         if debug:

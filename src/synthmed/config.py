@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Literal, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -58,6 +58,8 @@ class Config(BaseModel):
     seed: int = Field(0, description="global seed (classifier training, subsets, generation)")
     offline: bool = Field(False, description="never touch the network (also set by HF_HUB_OFFLINE=1)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    tracking: Literal["none", "tensorboard", "wandb", "mlflow"] = Field(
+        "none", description="experiment tracking of generator and classifier training (RUN_DIR/tracking/)")
     data: DataConfig = Field(default_factory=DataConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -86,9 +88,26 @@ class Config(BaseModel):
 def parse_value(text: str) -> Any:
     """Parse an override value with YAML rules (``3`` -> int, ``[0, 1]`` -> list, ``null`` -> None)."""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         return text
+    except RecursionError:
+        raise ConfigError(f"override value nested too deeply: {text[:40]}...") from None
+    _refuse_bytes(value, "override value")
+    return value
+
+
+def _refuse_bytes(value: Any, where: str, depth: int = 0) -> None:
+    """YAML's ``!!binary`` makes bytes, which no setting takes and the saved config cannot hold."""
+    if isinstance(value, (bytes, bytearray)):
+        raise ConfigError(f"{where}: binary (!!binary) values are not allowed")
+    if depth < 50 and isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_bytes(k, where, depth + 1)
+            _refuse_bytes(v, where, depth + 1)
+    elif depth < 50 and isinstance(value, (list, tuple)):
+        for v in value:
+            _refuse_bytes(v, where, depth + 1)
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -167,6 +186,7 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def validate(tree: dict[str, Any]) -> Config:
+    _refuse_bytes(tree, "config")
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
@@ -188,6 +208,9 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{path}{where}: not valid YAML") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    _refuse_bytes(tree, str(path))
     if tree is None:
         return {}
     if not isinstance(tree, dict):

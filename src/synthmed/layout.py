@@ -62,6 +62,11 @@ class RunLayout:
     def split(self) -> Path:
         return self.data / "split.csv"
 
+    @property
+    def near_duplicates(self) -> Path:
+        """The near-duplicate (pHash) report of the data split: counts per held-out split and examples."""
+        return self.data / "near_duplicates.json"
+
     # ------------------------------------------------------------------ generator
     @property
     def generator(self) -> Path:
@@ -70,6 +75,11 @@ class RunLayout:
     @property
     def generator_work(self) -> Path:
         return self.root / "generator_work"
+
+    @property
+    def generator_training_images(self) -> Path:
+        """The real images the generator saw (``generators/contract.py``), read by the leakage guard and the audit."""
+        return self.generator / "training_images.csv"
 
     # ------------------------------------------------------------------ synthetic set
     @property

@@ -15,6 +15,7 @@ Multi-frame files are refused (export the frames as separate files).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +61,12 @@ def _first(value: object) -> float | None:
 
 
 def _decode_error(path: Path, ds: object, err: Exception) -> DataError:
-    meta = getattr(ds, "file_meta", None)
-    uid = getattr(meta, "TransferSyntaxUID", None)
-    if uid is not None and getattr(uid, "is_compressed", False):
+    try:
+        uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        compressed = uid is not None and bool(getattr(uid, "is_compressed", False))
+    except Exception:  # noqa: BLE001 - a garbled transfer syntax is just not a known compressed one
+        uid, compressed = None, False
+    if compressed:
         return DataError(
             f"{path}: compressed transfer syntax '{uid.name}' ({uid}) and no installed decoder can read it; "
             f"install one (pip install pylibjpeg pylibjpeg-libjpeg, or python-gdcm) or decompress the file"
@@ -88,20 +92,47 @@ def read_dicom(path: str | Path, max_pixels: int = 89_478_485) -> DicomPixels:
     except Exception as err:  # noqa: BLE001 - pydicom raises many types for broken files
         reason = " ".join(str(err).split()) or err.__class__.__name__
         raise DataError(f"{path}: not a readable DICOM file ({reason[:200]})") from None
-    if "PixelData" not in ds:
+    try:
+        return _decode(path, ds, max_pixels)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pydicom parses elements lazily: a damaged header fails on access
+        reason = " ".join(str(err).split()) or err.__class__.__name__
+        raise DataError(f"{path}: not a readable DICOM file ({reason[:200]})") from None
+
+
+def _header_int(path: Path, ds: object, name: str, default: int) -> int:
+    """An integer header element (US or IS); a non-integer value is a one-line DataError naming it."""
+    value = None
+    try:
+        value = getattr(ds, name, None)
+        if value is None or str(value).strip() == "":
+            return default
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(name)
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{path}: DICOM header {name}={str(value)[:40]!r} is not an integer") from None
+
+
+def _decode(path: Path, ds: object, max_pixels: int) -> DicomPixels:
+    if "PixelData" not in ds:  # type: ignore[operator]
         raise DataError(f"{path}: DICOM file without pixel data (a report or structured data?)")
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    rows, cols = _header_int(path, ds, "Rows", 0), _header_int(path, ds, "Columns", 0)
     if rows * cols > max_pixels:
         raise DataError(f"{path}: image too large ({rows}x{cols}), above data.max_image_pixels={max_pixels}")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    frames = _header_int(path, ds, "NumberOfFrames", 1)
     if frames > 1:
         raise DataError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export the frames as separate files")
+    bits = _header_int(path, ds, "BitsStored", 0) or _header_int(path, ds, "BitsAllocated", 8) or 8
+    if not 1 <= bits <= 64:
+        raise DataError(f"{path}: DICOM header BitsStored={bits} is outside 1..64")
     try:
-        pixels = ds.pixel_array
+        pixels = ds.pixel_array  # type: ignore[attr-defined]
     except Exception as err:  # noqa: BLE001 - missing decoder plugins raise RuntimeError/NotImplementedError/...
         raise _decode_error(path, ds, err) from None
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    bits = int(getattr(ds, "BitsStored", 0) or getattr(ds, "BitsAllocated", 8) or 8)
     mode = f"DICOM {photometric} {bits}-bit"
     if photometric.startswith("MONOCHROME"):
         return _grayscale(path, ds, np.asarray(pixels), bits, mode, invert=photometric == "MONOCHROME1")
@@ -131,7 +162,8 @@ def _grayscale(path: Path, ds: object, stored: np.ndarray, bits: int, mode: str,
     ends = sorted((low * slope + intercept, high * slope + intercept))
     center = _first(getattr(ds, "WindowCenter", None))
     width = _first(getattr(ds, "WindowWidth", None))
-    window = (center, width) if center is not None and width is not None and width > 0 else None
+    usable = center is not None and width is not None and math.isfinite(center) and math.isfinite(width) and width > 0
+    window = (center, width) if usable else None  # a missing or nonsensical header window falls back to intensity
     return DicomPixels(values.astype(np.float32)[:, :, None], (float(ends[0]), float(ends[1])), mode, window, invert)
 
 

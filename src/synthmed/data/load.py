@@ -64,8 +64,7 @@ def load_data(cfg: DataConfig, run_dir: Path | None = None, echo_warnings: bool 
 
 def neardup_report_path(run_dir: str | Path) -> Path:
     """Where ``load_data`` writes the near-duplicate report of a run (read by the report)."""
-    layout = RunLayout(run_dir)
-    return getattr(layout, "near_duplicates", layout.data / neardup.REPORT_NAME)
+    return RunLayout(run_dir).near_duplicates
 
 
 def near_duplicate_mask(pool: ImageSet, val: ImageSet, test: ImageSet, cfg: DataConfig, warn: list[str],

@@ -118,7 +118,12 @@ def read_csv(path: Path, cfg: DataConfig, facts_only: bool = False) -> Raw:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             cols = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+            rows = []
+            for r in reader:
+                if None in r:  # DictReader puts the fields beyond the header under None
+                    raise DataError(f"{path} line {reader.line_num}: {len(cols) + len(r[None])} fields but the header "
+                                    f"has {len(cols)} ({', '.join(cols)}); quote fields that contain commas")
+                rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path}: not a readable UTF-8 CSV ({' '.join(str(err).split())})") from None
     for need in ("path", "label"):

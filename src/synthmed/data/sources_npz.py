@@ -107,6 +107,8 @@ def _check_images(path: Path, key: str, x: np.ndarray) -> np.ndarray:
         x = x[..., None]
     if x.ndim != 4 or x.shape[3] not in (1, 3):
         raise DataError(f"{path}: '{key}' must have shape (N, H, W) or (N, H, W, 3), got {x.shape}")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise DataError(f"{path}: '{key}' has empty images (shape {x.shape}); images must be at least 1x1 pixel")
     if x.dtype == np.uint8:
         return x
     if x.dtype.kind == "f":

@@ -66,10 +66,18 @@ class GenerationConfig(_Strict):
 
     n_per_class: int | None = Field(100, ge=0, description="images per class (ignored when balance_to is set)")
     balance_to: int | None = Field(None, gt=0, description="generate enough to bring every training class to N")
-    sampler: Literal["dpmpp", "ddim", "ddpm"] = "dpmpp"
+    sampler: Literal["dpmpp", "ddim", "ddpm", "euler", "heun"] = Field(
+        "dpmpp", description="dpmpp / ddim / ddpm (ddpm and stable_diffusion kinds); dpmpp / euler / heun on Karras "
+                             "sigmas (edm kind, where ddim and ddpm mean euler)")
     steps: int | None = Field(None, ge=1, description="sampling steps (None: dpmpp 20 (SD 25), ddim 50, ddpm 1000)")
     guidance: float | None = Field(None, ge=0, description="classifier-free guidance scale (None: recipe default)")
     batch_size: int = Field(64, ge=1)
     seed: int | None = Field(None, description="generation seed (None = the global seed)")
-    strength: float | None = Field(None, gt=0, le=1, description="SD img2img 'real guidance' strength; None = text-to-image")
+    strength: float | None = Field(None, gt=0, le=1, description="real-image guidance: a real training image noised to "
+                                   "this fraction of the schedule, then denoised under the label (SDEdit / SD img2img); "
+                                   "None = from noise")
+    guide: Literal["none", "same_class", "head_to_tail"] | None = Field(
+        None, description="source of real-image guidance: same_class (an image of the label's class), head_to_tail "
+                          "(an image of a more frequent class translated under the rarer label); None = same_class "
+                          "when strength is set, else none")
     negative_prompt: str | None = None

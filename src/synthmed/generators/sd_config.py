@@ -1,7 +1,7 @@
 """Configuration of Stable Diffusion fine-tuning (``generator.kind: stable_diffusion``).
 
-Every training knob defaults to ``None`` = "take it from the recipe" (see ``sd_recipes.RECIPES``); setting a field
-overrides the recipe. ``sd_recipes.resolve(cfg)`` returns the fully resolved settings.
+Every training knob defaults to ``None`` = "take it from the recipe" (see ``stable_diffusion/recipes.py``); setting a field
+overrides the recipe. ``stable_diffusion.recipes.resolve(cfg)`` returns the fully resolved settings.
 """
 
 from __future__ import annotations

@@ -1,133 +1,96 @@
-"""The ``finetune`` and ``generate`` stages: load the real data, dispatch on ``generator.kind``.
+"""The kind-agnostic ``finetune`` and ``generate`` stages: every generator kind through the registry and the protocol.
 
-``finetune`` writes ``RUN_DIR/generator/`` (resuming from ``RUN_DIR/generator_work/checkpoints``); ``generate``
-writes ``RUN_DIR/synthetic/<class>/<id>.png`` + ``manifest.csv`` and skips images that already exist.
+``finetune`` writes ``RunLayout.generator`` (see ``contract.py``; checkpoints under ``RunLayout.generator_work``); a
+finished generator with the same fingerprint is kept. ``generate`` writes ``RunLayout.synthetic`` with the one
+synthetic-set writer (``synthetic/writer.py``), skipping images that already exist.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from synthmed.errors import DataError, MissingStageError
+from synthmed.generators import contract
+from synthmed.generators.accel import processes
+from synthmed.generators.base import SampleOptions
+from synthmed.generators.registry import generator_class
+from synthmed.io import TMP_PREFIX
+from synthmed.layout import RunLayout
 
-GENERATOR_DIR = "generator"
-WORK_DIR = "generator_work"
 
-
-def _load(cfg: Any, run_dir: Path) -> Any:
+def _data(cfg: Any, layout: RunLayout, data: Any) -> Any:
     from synthmed.data.load import load_data
 
-    return load_data(cfg.data, run_dir)
+    return load_data(cfg.data, layout.root) if data is None else data
 
 
-def finetune(cfg: Any, run_dir: str | Path, data: Any = None) -> Path:
-    """Train (ddpm) or fine-tune (stable_diffusion) the generator; returns ``RUN_DIR/generator``."""
-    run_dir = Path(run_dir)
-    data = _load(cfg, run_dir) if data is None else data
-    if cfg.generator.kind == "stable_diffusion":
-        from synthmed.generators.stable_diffusion import finetune_sd
-
-        return Path(finetune_sd(cfg, run_dir, data))
-    return finetune_ddpm(cfg, run_dir, data)
-
-
-def generate(cfg: Any, run_dir: str | Path, data: Any = None) -> Path:
-    """Sample the synthetic set; returns ``RUN_DIR/synthetic``."""
-    run_dir = Path(run_dir)
-    if not (run_dir / GENERATOR_DIR).is_dir():
-        raise MissingStageError(f"generator ({run_dir / GENERATOR_DIR})", "finetune")
-    data = _load(cfg, run_dir) if data is None else data
-    if cfg.generator.kind == "stable_diffusion":
-        from synthmed.generators.stable_diffusion import generate_sd
-
-        return Path(generate_sd(cfg, run_dir, data))
-    return generate_ddpm(cfg, run_dir, data)
+def finetune(cfg: Any, run_dir: str | Path, data: Any = None, *, progress: bool = True,
+             stop_after: int | None = None) -> Path:
+    """Fit ``generator.kind`` on ``data.train`` and write the generator folder; returns ``RunLayout.generator``."""
+    layout = RunLayout(run_dir)
+    data = _data(cfg, layout, data)
+    gen = generator_class(cfg.generator.kind).from_config(cfg, data)
+    if contract.stored_fingerprint(layout.generator) == gen.fingerprint():
+        return layout.generator
+    gen.fit(data.train, layout.generator_work, progress=progress, stop_after=stop_after)
+    rank, _, barrier = processes(cfg.device)
+    if rank == 0:  # written under a temp name, renamed when whole
+        tmp = layout.generator.with_name(TMP_PREFIX + layout.generator.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        gen.save(tmp)
+        if layout.generator.exists():
+            shutil.rmtree(layout.generator)
+        os.replace(tmp, layout.generator)
+    barrier()
+    return layout.generator
 
 
-# ---------------------------------------------------------------------------------------------- ddpm
+def generate(cfg: Any, run_dir: str | Path, data: Any = None, *, progress: bool = True) -> Path:
+    """Sample the synthetic set (this process's shard under ``accelerate launch``); returns ``RunLayout.synthetic``."""
+    from synthmed.generators.guidance import resolve_guide, training_sources
+    from synthmed.synthetic.writer import plan_generation, plan_sources, write_synthetic
 
-
-def _existing_fingerprint(gen_dir: Path) -> str | None:
-    try:
-        meta = json.loads((gen_dir / "synthmed.json").read_text(encoding="utf-8"))
-        return meta.get("training", {}).get("fingerprint")
-    except (OSError, ValueError):
-        return None
-
-
-def finetune_ddpm(cfg: Any, run_dir: Path, data: Any, stop_after: int | None = None, progress: bool = True) -> Path:
-    """Train the class-conditional UNet on ``data.train``; a finished generator with the same fingerprint is kept."""
-    from synthmed.generators.ddpm import TRAINING_IMAGES, write_training_images
-    from synthmed.generators.ddpm_train import fingerprint, make_accelerator, train_ddpm
-
-    gen_dir = run_dir / GENERATOR_DIR
-    dcfg = cfg.generator.ddpm
-    acc = make_accelerator(cfg.device)
-    if _existing_fingerprint(gen_dir) == fingerprint(dcfg, cfg.seed, data.train, acc.num_processes):
-        return gen_dir
-    result = train_ddpm(dcfg, data.train, list(data.classes), run_dir / WORK_DIR, seed=cfg.seed, device=cfg.device,
-                        stop_after=stop_after, progress=progress)
-    if acc.is_main_process:
-        tmp = run_dir / f".tmp-{GENERATOR_DIR}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        summary = data.summary()
-        result.generator.save(tmp, extra={
-            "data": {"source": data.source, "classes": summary["classes"], "train": summary["splits"]["train"]},
-            "training_images": TRAINING_IMAGES,
-        })
-        write_training_images(tmp / TRAINING_IMAGES, data.train)
-        if gen_dir.exists():
-            shutil.rmtree(gen_dir)
-        os.replace(tmp, gen_dir)
-    acc.wait_for_everyone()
-    return gen_dir
-
-
-def generate_ddpm(cfg: Any, run_dir: Path, data: Any, progress: bool = True) -> Path:
-    """Sample the plan (this process's shard under ``accelerate launch``); rank 0 writes the manifest."""
-    from synthmed.generators.ddpm import DEFAULT_GUIDANCE, DDPMGenerator
-    from synthmed.generators.ddpm_train import make_accelerator
-    from synthmed.generators.plan import (
-        default_steps, merge_manifest, pending_items, plan_generation, run_plan, shard)
-    from synthmed.synthetic.dataset import SyntheticSet
-
-    gcfg = cfg.generation
-    if gcfg.strength is not None:
-        raise DataError("generation.strength (img2img) is for generator.kind=stable_diffusion only")
-    acc = make_accelerator(cfg.device)
-    gen = DDPMGenerator.load(run_dir / GENERATOR_DIR, device=acc.device)
+    layout = RunLayout(run_dir)
+    if not layout.generator.is_dir():
+        raise MissingStageError(f"generator ({layout.generator})", "finetune")
+    data = _data(cfg, layout, data)
+    g = cfg.generation
+    cls = generator_class(cfg.generator.kind)
+    guide = resolve_guide(g)
+    if guide != "none" and not getattr(cls, "supports_guidance", False):
+        raise DataError(f"generation.strength / generation.guide: generator.kind={cls.kind} has no real-image guidance")
+    gen = cls.load(layout.generator, cfg)
     if list(gen.classes) != list(data.classes):
         raise DataError(f"the generator was trained on classes {gen.classes}, the data has {data.classes}: "
                         "rerun `synthmed finetune`")
-    p = gen.policy
-    if (p.height, p.width, p.channels) != (*data.size, data.channels):
-        raise DataError(f"the generator makes {p.height}x{p.width}x{p.channels} images, the data is "
+    shape = getattr(gen, "image_shape", None)
+    if shape is not None and tuple(shape) != (*data.size, data.channels):
+        raise DataError(f"the generator makes {'x'.join(map(str, shape))} images, the data is "
                         f"{data.size[0]}x{data.size[1]}x{data.channels}: rerun `synthmed finetune`")
-    steps = gcfg.steps or default_steps(gcfg.sampler)
-    guidance = DEFAULT_GUIDANCE if gcfg.guidance is None else float(gcfg.guidance)
-    items = plan_generation(cfg, data.classes, data.train.counts(data.n_classes))
-    mine = shard(items, acc.process_index, acc.num_processes)
-    provenance = {"generator": "ddpm", "sampler": gcfg.sampler, "steps": steps, "guidance": guidance,
-                  "model_sha256": gen.meta.get("model_sha256", "")}
+    counts = data.train.counts(data.n_classes)
+    items = plan_generation(cfg, data.classes, counts)
+    opts = SampleOptions(sampler=g.sampler, steps=g.steps, guidance=g.guidance, batch_size=g.batch_size,
+                         strength=g.strength, extra={"negative_prompt": g.negative_prompt})
+    provenance = gen.provenance(opts)
+    images: dict[str, np.ndarray] = {}
+    if guide != "none":
+        candidates, images = training_sources(layout.generator, data)
+        items = plan_sources(items, candidates, counts, guide)
+        provenance.update(strength=g.strength, guide=guide)
 
-    def sample(batch: list[Any]) -> Any:
-        return gen.sample([i.class_index for i in batch], [i.seed for i in batch], sampler=gcfg.sampler,
-                          steps=steps, guidance=guidance, batch_size=gcfg.batch_size)
+    def sample(batch: list[Any]) -> np.ndarray:
+        o = dataclasses.replace(opts, sources=np.stack([images[it.source_id] for it in batch])) if images else opts
+        return gen.sample([it.class_index for it in batch], [it.seed for it in batch], o)
 
-    synth = SyntheticSet(run_dir)
-    multi = acc.num_processes > 1
-    reuse = pending_items(synth, items, provenance)[1] if multi and acc.is_main_process else {}
-    acc.wait_for_everyone()
-    run_plan(run_dir, mine, sample, provenance, batch_size=gcfg.batch_size, write_manifest=not multi,
-             progress=progress and acc.is_main_process)
-    if multi:
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            merge_manifest(synth, items, provenance, reuse)
-        acc.wait_for_everyone()
-    return synth.root
+    group = getattr(gen, "batch_group", None)
+    rank, world, barrier = processes(cfg.device)
+    write_synthetic(layout.root, items, sample, provenance, batch_size=g.batch_size,
+                    group=(lambda it: group(it.class_index)) if group else None, rank=rank, world=world,
+                    barrier=barrier, progress=progress)
+    return layout.synthetic

@@ -19,9 +19,9 @@ import numpy as np
 
 from synthmed.data.dataset import ImageSet
 from synthmed.io import atomic_write_csv
+from synthmed.layout import RunLayout
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5)
-TRAINING_IMAGES = "generator/training_images.csv"
 
 
 def pixel_vectors(images: np.ndarray) -> np.ndarray:
@@ -64,9 +64,10 @@ def quantiles(values: np.ndarray) -> dict[str, float]:
 
 def training_images(run_dir: str | Path, real_train: ImageSet, pool: ImageSet | None = None) -> tuple[ImageSet, list[str]]:
     """The generator's training images from ``generator/training_images.csv`` (fallback: RealData.train)."""
-    path = Path(run_dir) / TRAINING_IMAGES
+    layout = RunLayout(run_dir)
+    path = layout.generator_training_images
     if not path.is_file():
-        return real_train, [f"{TRAINING_IMAGES} missing: audited against the real training set instead"]
+        return real_train, [f"{layout.rel(path)} missing: audited against the real training set instead"]
     with open(path, newline="", encoding="utf-8") as fh:
         wanted = [row["id"] for row in csv.DictReader(fh)]
     index: dict[str, tuple[ImageSet, int]] = {}

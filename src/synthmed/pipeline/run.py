@@ -16,6 +16,7 @@ import numpy as np
 
 from synthmed.config import Config, save_resolved
 from synthmed.data.dataset import RealData
+from synthmed.data.orientation import active_augmentations
 from synthmed.errors import UserError
 from synthmed.io import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps
 from synthmed.layout import RunLayout
@@ -108,6 +109,7 @@ def _data_stage(cfg: Config, run_dir: Path, handle: DataHandle) -> None:
     summary = real.summary()
     summary["source"] = getattr(real, "source", cfg.data.source)
     summary["warnings"] = list(getattr(real, "warnings", []) or [])
+    summary["augmentations"] = active_augmentations(cfg)  # what runs, after the label-safety check
     atomic_write_json(layout.data_summary, summary)
     rng = np.random.default_rng(cfg.seed)
     idx: list[int] = []

@@ -17,12 +17,12 @@ import numpy as np
 from synthmed.data.dataset import ImageSet
 from synthmed.errors import DataError, MissingStageError
 from synthmed.io import atomic_write_csv
+from synthmed.layout import RunLayout
 
-SYNTHETIC_DIR = "synthetic"
-MANIFEST = "manifest.csv"
+SYNTHETIC_DIR = RunLayout(".").synthetic.name  # ids of synthetic images start with "synthetic/"
 MANIFEST_COLUMNS = [
     "id", "path", "label", "class_name", "seed", "generator", "sampler", "steps", "guidance", "model_sha256",
-    "prompt", "strength", "source_image", "adapter", "kept", "filter_reason", "confidence",
+    "prompt", "strength", "source_image", "guide", "adapter", "kept", "filter_reason", "confidence",
 ]
 
 
@@ -45,8 +45,9 @@ class SyntheticSet:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.root = self.run_dir / SYNTHETIC_DIR
-        self.manifest_path = self.root / MANIFEST
+        layout = RunLayout(self.run_dir)
+        self.root = layout.synthetic
+        self.manifest_path = layout.manifest
 
     # ------------------------------------------------------------------ paths
     def relpath(self, class_name: str, id_: str) -> str:

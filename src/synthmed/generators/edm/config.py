@@ -1,8 +1,11 @@
-"""Settings of the EDM generator (``generator.edm``); filled in by the EDM implementation."""
+"""Settings of the EDM generator (``generator.edm``): Karras et al. 2022 preconditioning, log-normal noise levels,
+its loss weighting; the same UNet presets, EMA and augmentation switches as ``generator.ddpm``."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class EDMConfig(BaseModel):
@@ -10,7 +13,38 @@ class EDMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
-    preset: str = "S"
-    class_power: float = Field(1.0, ge=0.0, le=1.0, description="draw class c with p ~ n_c ** gamma (0 = balanced)")
-    steps: int = Field(2000, ge=1)
+    preset: Literal["XS", "S", "M", "L", "custom"] = "S"
+    block_out_channels: list[int] | None = Field(None, description="custom channels per level (preset: custom)")
+    layers_per_block: int = Field(2, ge=1)
+    attention_levels: list[int] | None = Field(None, description="levels (0 = highest resolution) with attention")
+    resolution: int | None = Field(None, description="training resolution; None = data size rounded up to a multiple of 8")
+    sigma_data: float = Field(0.5, gt=0, description="std of the data in [-1, 1] (EDM: 0.5)")
+    p_mean: float = Field(-1.2, description="mean of ln(sigma) when drawing training noise levels")
+    p_std: float = Field(1.2, gt=0, description="std of ln(sigma) when drawing training noise levels")
+    sigma_min: float = Field(0.002, gt=0, description="smallest sampling noise level")
+    sigma_max: float = Field(80.0, gt=0, description="largest sampling noise level")
+    rho: float = Field(7.0, gt=0, description="Karras schedule exponent")
+    label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance label dropout")
+    class_power: float = Field(1.0, ge=0.0, le=1.0, description="draw class c with p ~ n_c ** gamma (1 = uniform over "
+                                                              "images, 0 = class-balanced)")
+    steps: int = Field(2000, ge=1, description="optimisation steps")
     batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="max EMA decay (warm-up aware, diffusers EMAModel)")
+    ema_power: float = Field(0.75, gt=0, description="EMA warm-up power: decay = 1 - (1 + step) ** -power")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    hflip: bool = False
+    vflip: bool = False
+    rot90: bool = False
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    tensorboard: bool = False
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        """YAML reads a bare ``no`` as false: accept it as "no"."""
+        return "no" if value is False else value

@@ -1,5 +1,5 @@
-"""Training loop of the class-conditional DDPM: in-memory uint8 data, min-SNR loss, EMA with warm-up, AdamW +
-warm-up + cosine, exact resume from pickle-free checkpoints.
+"""Training loop of the class-conditional DDPM (``DDPMGenerator.fit``): in-memory uint8 data, class-power draws,
+min-SNR loss, EMA with warm-up, AdamW + warm-up + cosine, exact resume from pickle-free checkpoints.
 
 Every random draw of the loop (batch indices, flips, noise, timesteps, label dropout) comes from one dedicated
 CPU ``torch.Generator`` whose state is checkpointed, so that an interrupted-then-resumed run on CPU ends with
@@ -22,52 +22,17 @@ import torch.nn.functional as F
 
 from synthmed.data.dataset import ImageSet
 from synthmed.errors import DataError, TrainingDivergedError, UserError
-from synthmed.generators import ddpm_state as st
+from synthmed.generators import checkpoints as st
+from synthmed.generators.accel import make_accelerator, resolve_precision
+from synthmed.generators.checkpoints import SimulatedInterrupt
 from synthmed.generators.config import DDPMConfig
-from synthmed.generators.ddpm import DDPMGenerator, ImagePolicy, build_unet, count_params, resolve_arch, to_model_range
+from synthmed.generators.ddpm.generator import DDPMGenerator
+from synthmed.generators.ddpm.model import ImagePolicy, build_unet, count_params, resolve_arch, to_model_range
 from synthmed.generators.optim import optimizer_step
+from synthmed.generators.sampling import IndexSampler
 
 #: config keys that do not change the training trajectory (left out of the checkpoint fingerprint)
 NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard")
-
-
-class SimulatedInterrupt(RuntimeError):
-    """Raised by ``train_ddpm(stop_after=k)`` (tests / benchmarks simulate a crash)."""
-
-
-def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). ``auto``: bf16 on CUDA when supported else fp16; on CPU bf16 only where
-    oneDNN has native bf16 (AVX512-BF16 / AMX): on AVX2-only CPUs bf16 autocast is ~10x slower than fp32."""
-    if setting == "no":
-        return None
-    if device.type == "cuda":
-        if setting == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if setting == "bf16" else torch.float16
-    if setting == "fp16":
-        raise UserError("generator.ddpm.mixed_precision=fp16 needs a CUDA device (use bf16 or no on CPU)")
-    if setting == "auto":
-        try:
-            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            native = False
-        return torch.bfloat16 if native else None
-    return torch.bfloat16
-
-
-def make_accelerator(device: str = "auto") -> Any:
-    """An ``accelerate.Accelerator`` for placement and DDP; mixed precision is handled by our own autocast."""
-    from accelerate import Accelerator, PartialState
-    from accelerate.state import AcceleratorState
-
-    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={device} but CUDA is not available")
-    if device.startswith("cuda:"):
-        torch.cuda.set_device(int(device.split(":", 1)[1]))
-    if PartialState._shared_state and PartialState().num_processes == 1:
-        AcceleratorState._reset_state(True)  # one process: allow a new device setting in the same interpreter
-    return Accelerator(cpu=cpu, mixed_precision="no")
 
 
 def fingerprint(cfg: DDPMConfig, seed: int, train: ImageSet, world: int) -> str:
@@ -104,10 +69,10 @@ class TrainResult:
 
 
 def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DDPMConfig,
-           null_class: int, T: int) -> tuple[torch.Tensor, ...]:
-    """All random draws of one step, from ``g`` only, in a fixed order."""
-    n, b = len(data), cfg.batch_size
-    idx = torch.randint(n, (b,), generator=g)
+           null_class: int, T: int, draw: IndexSampler) -> tuple[torch.Tensor, ...]:
+    """All random draws of one step, from ``g`` only, in a fixed order (``draw``: class_power image draws)."""
+    b = cfg.batch_size
+    idx = draw(b, g)
     x = data[idx]
     y = labels[idx]
     if cfg.hflip:
@@ -168,6 +133,7 @@ def train_ddpm(
 
     data = policy.pad_uint8(train.images)  # uint8 (N, C, R, R), stays in memory
     labels = torch.as_tensor(train.labels, dtype=torch.long)
+    draw = IndexSampler(train.labels, len(classes), cfg.class_power)
     fp = fingerprint(cfg, seed, train, world)
     ckpt_root = Path(work_dir) / "checkpoints"
     step = 0
@@ -190,7 +156,7 @@ def train_ddpm(
     unet.train()
     losses: list[float] = []
     while step < cfg.steps:
-        x, y, noise, t = _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps)
+        x, y, noise, t = _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps, draw)
         x = to_model_range(x.to(dev, non_blocking=True))
         noise, t, y = noise.to(dev), t.to(dev), y.to(dev)
         noisy = noise_sched.add_noise(x, noise, t)
@@ -232,9 +198,11 @@ def train_ddpm(
     meta = {"arch": arch, "n_params": n_params, "training": {
         "steps": cfg.steps, "batch_size": cfg.batch_size, "world_size": world, "seed": seed,
         "prediction_type": cfg.prediction_type, "beta_schedule": cfg.beta_schedule, "snr_gamma": cfg.snr_gamma,
-        "label_dropout": cfg.label_dropout, "ema_decay": cfg.ema_decay, "ema_power": cfg.ema_power,
+        "label_dropout": cfg.label_dropout, "class_power": cfg.class_power, "ema_decay": cfg.ema_decay,
+        "ema_power": cfg.ema_power,
         "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
+    gen.settings, gen.seed, gen.device_name, gen.world, gen.train = cfg, int(seed), device, world, train
     return TrainResult(gen, step, resumed_from, n_params, meta["training"]["precision"], losses)
 
 

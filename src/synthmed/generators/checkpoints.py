@@ -1,4 +1,4 @@
-"""Pickle-free training checkpoints: tensors in safetensors, everything else in JSON.
+"""Pickle-free training checkpoints shared by every generator kind: tensors in safetensors, everything else in JSON.
 
 A checkpoint is a folder ``step-XXXXXXX/`` written under a temp name and renamed when complete, so a folder with
 that name is always whole. Optimizer / LR-scheduler / RNG states are flattened: each tensor is replaced by a
@@ -21,6 +21,10 @@ from synthmed.io import atomic_write_bytes, atomic_write_text
 
 CKPT_RE = re.compile(r"^step-(\d{7,})$")
 TMP_CKPT_PREFIX = ".tmp-step-"
+
+
+class SimulatedInterrupt(RuntimeError):
+    """Raised by ``fit(stop_after=k)`` after step k (tests and benchmarks simulate a crash)."""
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:

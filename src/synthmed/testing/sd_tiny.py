@@ -3,7 +3,7 @@
 For dry runs and tests when no real SD weights are available: same structure as SD 1.5 (VAE with 8x downsampling,
 CLIP text encoder + the real CLIP BPE tokenizer, cross-attention UNet), a few hundred thousand parameters.
 
-    python -m synthmed.generators.sd_tiny runs/tiny-sd
+    python -m synthmed.testing.sd_tiny runs/tiny-sd
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def load_pipeline(base: str | None, offline: bool, dtype: Any = None, revision: 
 
     if not base:
         raise ConfigError(f"{BASE_KEY} is not set: give a local diffusers folder or a hub id "
-                          "(e.g. `python -m synthmed.generators.sd_tiny runs/tiny-sd` builds a tiny one)")
+                          "(e.g. `python -m synthmed.testing.sd_tiny runs/tiny-sd` builds a tiny random one)")
     kwargs: dict[str, Any] = dict(dtype=dtype or torch.float32, safety_checker=None,
                                   requires_safety_checker=False, revision=revision, variant=variant)
     path = Path(base).expanduser()

@@ -4,13 +4,11 @@ Speed: VAE latent distributions (and their flipped variants) and, when the text 
 embeddings are computed once; SDPA attention (diffusers' default on torch 2); optional gradient checkpointing;
 bf16/fp16 autocast on CUDA with fp32 trainable weights; min-SNR-gamma; noise offset; 8-bit AdamW when bitsandbytes
 is installed. All randomness of step k derives from (seed, adapter, k), so a resumed run equals an uninterrupted one.
-Checkpoints (atomic folders): ``trainable.safetensors`` + ``state.pt`` (optimizer, LR scheduler, RNG; loadable with
-``weights_only=True``).
+Checkpoints: ``stable_diffusion/checkpoints.py`` (pickle-free).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -25,11 +23,12 @@ from typing import Any
 import numpy as np
 
 from synthmed.errors import TrainingDivergedError
-from synthmed.generators.sd_base import derived_seed, move, to_sd_tensor, tokenize
+from synthmed.generators.checkpoints import SimulatedInterrupt
 from synthmed.generators.optim import optimizer_step
-from synthmed.generators.sd_recipes import SDSettings
-from synthmed.io import atomic_write_bytes, atomic_write_json, sha256_file
-from synthmed.safety import load_state_dict
+from synthmed.generators.stable_diffusion.base import derived_seed, move, to_sd_tensor, tokenize
+from synthmed.generators.stable_diffusion.checkpoints import checkpoints, load_checkpoint, save_checkpoint
+from synthmed.generators.stable_diffusion.recipes import SDSettings
+from synthmed.io import atomic_write_json, sha256_file
 
 log = logging.getLogger("synthmed.sd")
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -99,70 +98,6 @@ def prepare_models(pipe: Any, st: SDSettings, rt: Runtime, init_seed: int) -> tu
     te.train(st.train_text_encoder)
     trainable = [p for m in (unet, te) for p in m.parameters() if p.requires_grad]
     return unet, te, trainable
-
-
-def _trainable_state(unet: Any, te: Any) -> dict[str, Any]:
-    out = {}
-    for prefix, m in (("unet.", unet), ("text_encoder.", te)):
-        for n, p in m.named_parameters():
-            if p.requires_grad:
-                out[prefix + n] = p.detach().float().cpu().contiguous()
-    return out
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoints(work_dir: Path) -> list[Path]:
-    root = work_dir / "checkpoints"
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "state.pt").is_file()) if root.is_dir() else []
-
-
-def save_checkpoint(work_dir: Path, step: int, unet: Any, te: Any, opt: Any, sched: Any, scaler: Any,
-                    keep: int) -> Path:
-    """Write ``checkpoints/step-NNNNNN/`` atomically (temp folder + rename) and prune old ones."""
-    import torch
-    from safetensors.torch import save as st_save
-
-    root = work_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + final.name + ".", dir=root))
-    try:
-        atomic_write_bytes(tmp / "trainable.safetensors", st_save(_trainable_state(unet, te)))
-        state = {"step": step, "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
-                 "torch_rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                 "scaler": scaler.state_dict() if scaler is not None else {}}
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(tmp / "state.pt", buf.getvalue())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in _checkpoints(work_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(ckpt: Path, unet: Any, te: Any, opt: Any, sched: Any, scaler: Any) -> int:
-    import torch
-
-    weights = load_state_dict(ckpt / "trainable.safetensors")
-    params = {("unet." + n): p for n, p in unet.named_parameters() if p.requires_grad}
-    params.update({("text_encoder." + n): p for n, p in te.named_parameters() if p.requires_grad})
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["lr_scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    return int(state["step"])
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -293,8 +228,10 @@ def eval_loss(pipe: Any, noise_sched: Any, unet: Any, enc: _Encoder, st: SDSetti
 
 
 def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job: AdapterJob,
-                  progress: bool = True) -> dict[str, Any]:
-    """Train ``job`` (resuming from its latest checkpoint); returns a summary (steps, losses, seconds)."""
+                  progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Train ``job`` (resuming from its latest checkpoint); returns a summary (steps, losses, seconds).
+
+    ``stop_after=k`` raises ``SimulatedInterrupt`` after step k (tests simulate a crash)."""
     import torch
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -313,7 +250,7 @@ def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job
     scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 and rt.device.type == "cuda" else None
     loss_start = eval_loss(pipe, noise_sched, unet, enc, st, rt, seed)
     start = 0
-    ckpts = [c for c in _checkpoints(job.work_dir) if int(c.name.split("-")[1]) <= total]
+    ckpts = [c for c in checkpoints(job.work_dir) if int(c.name.split("-")[1]) <= total]
     if ckpts:
         start = load_checkpoint(ckpts[-1], unet, te, opt, sched, scaler)
         log.info("%s: resumed from %s", job.name, ckpts[-1])
@@ -344,6 +281,8 @@ def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job
         done = step + 1
         if done % rt.checkpoint_every == 0 or done == total:
             save_checkpoint(job.work_dir, done, unet, te, opt, sched, scaler, rt.keep_checkpoints)
+        if stop_after is not None and done >= stop_after and done < total:
+            raise SimulatedInterrupt(f"stopped after step {done}")
     if bar is not None:
         bar.close()
     unet.eval()

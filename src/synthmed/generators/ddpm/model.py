@@ -1,0 +1,151 @@
+"""The DDPM's network and image geometry: UNet presets, the image policy (reflect padding), sampling schedulers.
+
+The UNet is diffusers' ``UNet2DModel`` with ``num_class_embeds = n_classes + 1``: the last class index is the
+"null" label used for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthmed.errors import ConfigError, DataError
+from synthmed.generators.config import DDPMConfig
+
+DEFAULT_GUIDANCE = 1.5
+SAMPLERS = ("dpmpp", "ddim", "ddpm")
+
+#: architecture presets at 32 px (parameter counts with 3 channels and 9 class embeddings in docs/generator-ddpm.md)
+PRESETS: dict[str, dict[str, Any]] = {
+    "XS": {"block_out_channels": [16, 32], "layers_per_block": 1, "attention_levels": [], "norm_num_groups": 8},
+    "S": {"block_out_channels": [32, 64, 64], "layers_per_block": 2, "attention_levels": [2], "norm_num_groups": 8},
+    "M": {"block_out_channels": [64, 128, 128], "layers_per_block": 2, "attention_levels": [2], "norm_num_groups": 32},
+    "L": {"block_out_channels": [128, 256, 256], "layers_per_block": 2, "attention_levels": [1, 2],
+          "norm_num_groups": 32},
+}
+
+
+def resolve_arch(cfg: DDPMConfig) -> dict[str, Any]:
+    """Channels, layers, attention levels and norm groups for a preset (explicit config keys override it)."""
+    if cfg.preset == "custom":
+        if not cfg.block_out_channels:
+            raise ConfigError("generator.ddpm.preset=custom needs generator.ddpm.block_out_channels (e.g. [32, 64, 64])")
+        chans = [int(c) for c in cfg.block_out_channels]
+        groups = next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in chans) and min(chans) >= 2 * g)
+        arch = {"block_out_channels": chans, "layers_per_block": cfg.layers_per_block,
+                "attention_levels": list(cfg.attention_levels or []), "norm_num_groups": groups}
+    else:
+        arch = dict(PRESETS[cfg.preset])
+        if cfg.block_out_channels is not None:
+            raise ConfigError("generator.ddpm.block_out_channels needs generator.ddpm.preset=custom")
+        if "layers_per_block" in cfg.model_fields_set:
+            arch["layers_per_block"] = cfg.layers_per_block
+        if cfg.attention_levels is not None:
+            arch["attention_levels"] = list(cfg.attention_levels)
+    n = len(arch["block_out_channels"])
+    bad = [lv for lv in arch["attention_levels"] if not 0 <= lv < n]
+    if bad:
+        raise ConfigError(f"generator.ddpm.attention_levels {bad} out of range 0..{n - 1}")
+    return arch
+
+
+def build_unet(arch: dict[str, Any], channels: int, n_classes: int, resolution: int) -> Any:
+    """A fresh ``UNet2DModel`` (initialised from torch's global RNG)."""
+    from diffusers import UNet2DModel
+
+    n = len(arch["block_out_channels"])
+    attn = set(arch["attention_levels"])
+    down = tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(n))
+    up = tuple("AttnUpBlock2D" if (n - 1 - i) in attn else "UpBlock2D" for i in range(n))
+    return UNet2DModel(
+        sample_size=resolution, in_channels=channels, out_channels=channels,
+        block_out_channels=tuple(arch["block_out_channels"]), layers_per_block=arch["layers_per_block"],
+        down_block_types=down, up_block_types=up, num_class_embeds=n_classes + 1,
+        norm_num_groups=arch["norm_num_groups"], attention_head_dim=8,
+    )
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------ image policy
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Real image size/channels and the reflect padding to the UNet resolution (cropped back after sampling)."""
+
+    height: int
+    width: int
+    channels: int
+    resolution: int
+    pad: tuple[int, int, int, int]  # top, bottom, left, right
+
+    @classmethod
+    def for_data(cls, height: int, width: int, channels: int, cfg: DDPMConfig, n_levels: int) -> ImagePolicy:
+        mult = max(8, 2 ** (n_levels - 1))
+        need = max(height, width)
+        res = cfg.resolution if cfg.resolution is not None else mult * math.ceil(need / mult)
+        if res % mult or res < need:
+            raise ConfigError(
+                f"generator.ddpm.resolution={res} must be a multiple of {mult} and at least the image size {need}"
+            )
+        ph, pw = res - height, res - width
+        if (ph and ph >= height) or (pw and pw >= width):
+            raise ConfigError(f"generator.ddpm.resolution={res} is too large for {height}x{width} images (reflect pad)")
+        return cls(height, width, channels, res, (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"height": self.height, "width": self.width, "channels": self.channels, "resolution": self.resolution,
+                "padding": list(self.pad), "pad_mode": "reflect"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImagePolicy:
+        return cls(int(d["height"]), int(d["width"]), int(d["channels"]), int(d["resolution"]),
+                   tuple(int(v) for v in d["padding"]))  # type: ignore[arg-type]
+
+    def pad_uint8(self, images: np.ndarray) -> torch.Tensor:
+        """(N, H, W, C) uint8 -> (N, C, R, R) uint8 tensor, reflect-padded."""
+        t, b, l, r = self.pad
+        if images.shape[1:] != (self.height, self.width, self.channels):
+            raise DataError(f"images are {images.shape[1:]}, the generator expects "
+                            f"{(self.height, self.width, self.channels)}")
+        arr = np.pad(images, ((0, 0), (t, b), (l, r), (0, 0)), mode="reflect") if any(self.pad) else images
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+
+    def to_uint8(self, x: torch.Tensor) -> np.ndarray:
+        """(N, C, R, R) in [-1, 1] -> (N, H, W, C) uint8, cropped back to the real size."""
+        t, _, l, _ = self.pad
+        x = x[:, :, t : t + self.height, l : l + self.width]
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 127.5 - 1.0
+
+
+# ------------------------------------------------------------------------------------------ samplers
+
+
+def make_sampler(name: str, scheduler_config: dict[str, Any]) -> Any:
+    """A fresh sampling scheduler built from the training (DDPM) scheduler config."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    if name == "dpmpp":
+        return DPMSolverMultistepScheduler.from_config(
+            scheduler_config, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True)
+    if name == "ddim":
+        return DDIMScheduler.from_config(scheduler_config, clip_sample=True, set_alpha_to_one=True)
+    if name == "ddpm":
+        return DDPMScheduler.from_config(scheduler_config, clip_sample=True, variance_type="fixed_small")
+    raise ConfigError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
+
+
+def default_steps(sampler: str) -> int:
+    return {"dpmpp": 20, "ddim": 50, "ddpm": 1000}[sampler]

@@ -1,0 +1,1 @@
+"""Test-only builders (tiny random models, toy data). Nothing in the runtime package imports this package."""

@@ -1,0 +1,40 @@
+"""Experiment tracking through accelerate's trackers: scalars and images reach TensorBoard; bad settings exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthmed.errors import UserError
+from synthmed.tracking import Tracker, tracker_for
+
+
+def test_none_logs_nothing(tmp_path: Path) -> None:
+    t = tracker_for("none", tmp_path, "generator")
+    t.log({"loss": 1.0}, 1)
+    t.close()
+    assert not t.enabled and not (tmp_path / "tracking").exists()
+
+
+def test_unknown_kind_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="tracking=comet"):
+        Tracker("comet", tmp_path, "x")
+
+
+def test_tensorboard_receives_scalars_and_images(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency (pip install tensorboard)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with tracker_for("tensorboard", tmp_path, "classifier/real_only/seed0", {"lr": 0.1, "model": {"name": "cnn"}}) as t:
+        for step in range(3):
+            t.log({"loss": 1.0 / (step + 1), "val_balanced_accuracy": 0.5 + 0.1 * step, "skip": float("nan")}, step)
+        t.log_images({"samples": np.zeros((2, 8, 8, 3), np.uint8)}, 2)
+    runs = list((tmp_path / "tracking" / "classifier_real_only_seed0").glob("events.out.tfevents.*"))
+    assert runs, "no TensorBoard event file written"
+    acc = EventAccumulator(str(runs[0].parent), size_guidance={"images": 0})
+    acc.Reload()
+    assert [round(e.value, 3) for e in acc.Scalars("loss")] == [1.0, 0.5, 0.333]
+    assert "skip" not in acc.Tags()["scalars"]
+    assert acc.Tags()["images"], "the image grid was not logged"
