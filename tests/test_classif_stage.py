@@ -116,3 +116,44 @@ def test_generator_training_image_in_test_is_refused(tmp_path: Path, capsys: pyt
                      [{"id": data.val.ids[0], "label": 0, "pixel_hash": ""}], ["id", "label", "pixel_hash"])
     assert main(["train", str(cfg_path), "-o", str(run), "--policy", "real_only"]) == 2
     assert "was used to train the generator" in capsys.readouterr().err
+
+
+def test_stage_records_composition_facts_and_augment_sources(tmp_path: Path) -> None:
+    """augment reads the manifest `source` column; a synthetic policy composed with an imbalance method records
+    what it did (real prior, post-hoc tau, cRT) and is labelled by its policy name."""
+    from synthmed.classifiers.stage import train
+
+    cfg = load_config(write_config(tmp_path), [
+        "classifier.epochs=2", "imbalance.crt_epochs=2",
+        "run.policies={aug: {mix.policy: augment, mix.augment_p: 0.5, imbalance.method: posthoc_la}, "
+        "bal_crt: {mix.policy: balance_to, mix.balance_to: 30, mix.shortage: take_all, imbalance.method: crt}}"])
+    data = load_data(cfg.data, None, echo_warnings=False)
+    run = tmp_path / "run"
+    fake_synthetic(run, cfg)
+    syn = SyntheticSet(run)
+    rows = syn.read_manifest()
+    for r in rows:  # image k of class c was made from the k-th training image of class c
+        k = int(r["id"].split("_")[1]) if r["id"] != "dropped" else 0
+        r["source"] = data.train.ids[int(np.flatnonzero(data.train.labels == r["label"])[k])]
+    syn.write_manifest(rows)
+    out = {m["policy"]: m for m in train(cfg, run, progress=False, data=data)}
+    aug, crt = out["aug"], out["bal_crt"]
+    assert aug["policy_kind"] == "synthetic" and aug["n_train_synthetic"] == 15
+    assert not any("same-class" in w for w in aug["warnings"])  # the sources were found
+    assert 0 < aug["imbalance_info"]["augment_replaced_share"] < 0.5  # 5 of 27 real images per class have variants
+    assert aug["imbalance_info"]["posthoc_tau"] in cfg.imbalance.posthoc_taus
+    n_real = aug["train_real_per_class"]
+    assert aug["imbalance_info"]["prior_counts"] == n_real == crt["imbalance_info"]["prior_counts"]
+    assert crt["imbalance_info"]["crt"]["n_real"] == sum(n_real) and crt["n_train_synthetic"] > 0
+    saved = json.loads((run / "classifiers" / "aug" / "seed0" / "classifier.json").read_text())
+    assert saved["label"] == "aug" and len(saved["logit_offset"]) == 3
+
+
+def test_augment_without_sources_falls_back_with_a_warning(tmp_path: Path) -> None:
+    from synthmed.classifiers.stage import train
+
+    cfg = load_config(write_config(tmp_path), ["classifier.epochs=1", "run.policies={aug: {mix.policy: augment}}"])
+    run = tmp_path / "run"
+    fake_synthetic(run, cfg)
+    (m,) = train(cfg, run, progress=False)
+    assert any("same-class synthetic" in w for w in m["warnings"]) and m["n_train_synthetic"] == 15

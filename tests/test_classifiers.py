@@ -8,10 +8,12 @@ import torch
 
 from synthmed.classifiers.config import ClassifierConfig, ClipConfig
 from synthmed.classifiers.models import LoRAQV, build_model
-from synthmed.classifiers.toydata import toy_set, toy_sets
-from synthmed.classifiers.train import TrainedClassifier, augment, fit_classifier
+from synthmed.classifiers.train import TrainedClassifier, fit_classifier
+from synthmed.classifiers.transforms import augment
 from synthmed.config import load_config
 from synthmed.metrics.classification import classification_metrics
+
+from toydata import toy_set, toy_sets
 
 TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
              "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}

@@ -55,6 +55,16 @@ def test_binary_auc_and_ties() -> None:
     assert classification_metrics(y, p)["auc_macro_ovr"] == pytest.approx(skm.roc_auc_score(y, p1))
 
 
+def test_empty_set_and_single_class_auc() -> None:
+    m = classification_metrics(np.zeros(0, np.int64), np.zeros((0, 3)), 3)
+    assert m["n"] == 0 and math.isnan(m["balanced_accuracy"]) and math.isnan(m["auc_macro_ovr"])
+    assert m["auc_skipped_classes"] == [0, 1, 2] and m["confusion"] == [[0] * 3] * 3
+    y = np.zeros(5, np.int64)  # one class only: no AUC can be computed, recall still can
+    p = np.tile([0.6, 0.3, 0.1], (5, 1))
+    m = classification_metrics(y, p, 3)
+    assert m["balanced_accuracy"] == 1.0 and math.isnan(m["auc_macro_ovr"]) and m["auc_skipped_classes"] == [0, 1, 2]
+
+
 def test_accumulator_equals_one_shot() -> None:
     y, p = _fixed(n=50, seed=3)
     acc = MetricAccumulator(4)

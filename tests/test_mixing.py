@@ -7,15 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from synthmed.classifiers.batches import epoch_batches
 from synthmed.classifiers.config import ImbalanceConfig, MixConfig
 from synthmed.classifiers.imbalance import (
     balanced_order, class_weights, effective_number_weights, inverse_frequency_weights, logit_adjusted_cross_entropy,
     logit_adjustment,
 )
+from synthmed.classifiers.losses import batch_loss
 from synthmed.classifiers.mixing import batch_ratio_batches, largest_remainder, plan_mix
-from synthmed.classifiers.toydata import toy_set
-from synthmed.classifiers.train import batch_loss, epoch_batches
 from synthmed.errors import DataError
+
+from toydata import toy_set
 
 REAL = toy_set([40, 20, 5], 3, size=8, seed=0, prefix="train")
 SYN = toy_set(60, 3, size=8, seed=9, prefix="synthetic/x")

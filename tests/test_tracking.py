@@ -38,3 +38,17 @@ def test_tensorboard_receives_scalars_and_images(tmp_path: Path) -> None:
     assert [round(e.value, 3) for e in acc.Scalars("loss")] == [1.0, 0.5, 0.333]
     assert "skip" not in acc.Tags()["scalars"]
     assert acc.Tags()["images"], "the image grid was not logged"
+
+
+def test_ddpm_training_logs_through_the_tracker(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency")
+    from synthmed.config import load_config
+    from synthmed.data.load import load_data
+    from synthmed.generators.registry import generator_class
+
+    cfg = load_config(None, ["data.source=phantom:blood", "data.size=32", "data.phantom.n_classes=2",
+                             "data.phantom.n_per_class=8", "data.phantom.size=32", "generator.ddpm.preset=XS",
+                             "generator.ddpm.steps=2", "generator.ddpm.batch_size=2", "tracking=tensorboard"])
+    data = load_data(cfg.data)
+    generator_class("ddpm").from_config(cfg, data).fit(data.train, tmp_path / "generator_work", progress=False)
+    assert list((tmp_path / "tracking" / "generator").glob("events.out.tfevents.*"))

@@ -36,7 +36,9 @@ class ClipConfig(_Strict):
 class ClassifierConfig(_Strict):
     """The classifier and its training recipe."""
 
-    model: Literal["cnn", "resnet18", "resnet50", "clip"] = "resnet18"
+    model: Literal["cnn", "resnet20", "resnet32", "resnet18", "resnet50", "clip"] = Field(
+        "resnet18", description="cnn (2 conv layers); resnet20/resnet32 (CIFAR-style, 16/32/64 channels, option-A "
+                                "shortcuts); resnet18/resnet50 (torchvision, see resnet_stem); clip (open_clip ViT)")
     resnet_stem: Literal["auto", "small", "strided", "imagenet"] = Field(
         "auto", description="ResNet stem: small (3x3/1), strided (3x3/2, ~4x cheaper), imagenet (7x7/2 + pool); "
                             "auto = small up to 64 px")
@@ -63,7 +65,7 @@ class MixConfig(_Strict):
 
     policy: Literal[
         "real_only", "add_per_class", "balance_to", "ratio", "batch_ratio",
-        "synthetic_only", "weighted_loss", "pretrain_then_finetune",
+        "synthetic_only", "weighted_loss", "pretrain_then_finetune", "augment",
     ] = "real_only"
     add_per_class: int = Field(100, ge=0)
     balance_to: int = Field(1000, ge=0)
@@ -74,11 +76,31 @@ class MixConfig(_Strict):
         "error", description="too few kept synthetic images for add_per_class/balance_to/ratio: fail, or use all with a warning"
     )
     pretrain_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of classifier.epochs spent on synthetic pre-training")
+    synthetic_weight: float = Field(
+        1.0, ge=0.0, description="loss weight of a synthetic sample relative to a real one (add_per_class, balance_to, "
+                                 "ratio, batch_ratio, augment; weighted_loss uses lambda instead)")
+    augment_p: float = Field(
+        0.5, ge=0.0, le=1.0, description="augment: probability that a real training image is replaced by one of its "
+                                         "synthetic variants (manifest `source`), else by a same-class synthetic image")
 
 
 class ImbalanceConfig(_Strict):
     """Classical answers to class imbalance, the baselines every synthetic policy is compared with."""
 
-    method: Literal["none", "resample", "inverse_freq", "effective_number", "logit_adjustment"] = "none"
-    beta: float = Field(0.9999, gt=0, lt=1, description="effective-number beta (Cui et al. 2019)")
+    method: Literal[
+        "none", "resample", "inverse_freq", "effective_number", "logit_adjustment", "balanced_softmax", "drw",
+        "posthoc_la", "crt",
+    ] = "none"
+    prior: Literal["real", "real_plus_synthetic"] = Field(
+        "real", description="class counts of the count-based methods (weights, drw, logit adjustment, balanced "
+                            "softmax, posthoc_la): the real training set, or real plus the synthetic images trained on")
+    beta: float = Field(0.9999, gt=0, lt=1, description="effective-number beta (Cui et al. 2019; also drw's weights)")
     tau: float = Field(1.0, gt=0, description="logit-adjustment temperature (Menon et al. 2021)")
+    drw_start: float = Field(0.8, ge=0.0, lt=1.0, description="drw: share of classifier.epochs trained unweighted "
+                                                               "before effective-number re-weighting starts")
+    posthoc_taus: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], min_length=1,
+        description="posthoc_la: the tau grid; the tau with the best real-val balanced accuracy is used")
+    crt_epochs: int = Field(10, ge=1, description="crt: epochs of class-balanced head re-training (backbone frozen)")
+    crt_lr: float | None = Field(None, gt=0, description="crt: learning rate of the head (None: classifier.lr)")
+    crt_views: int = Field(4, ge=1, description="crt: augmented views per real image whose frozen features are cached")

@@ -23,8 +23,7 @@ from synthmed.errors import LeakageError
 from synthmed.io import pixel_hash
 from synthmed.layout import RunLayout
 
-TRAINING_IMAGES = "training_images.csv"  # in the generator folder (the generator contract)
-GENERATOR_TRAINING_CSV = Path(RunLayout(".").generator.name) / TRAINING_IMAGES  # for messages
+GENERATOR_TRAINING_CSV = RunLayout(".").rel(RunLayout(".").generator_training_images)  # for messages
 
 
 def image_hashes(s: ImageSet) -> dict[str, str]:
@@ -34,7 +33,7 @@ def image_hashes(s: ImageSet) -> dict[str, str]:
 
 def read_generator_training(run_dir: str | Path) -> tuple[set[str], set[str]]:
     """(ids, pixel hashes) listed in ``RUN_DIR/generator/training_images.csv`` (empty when the file is absent)."""
-    path = RunLayout(run_dir).generator / TRAINING_IMAGES
+    path = RunLayout(run_dir).generator_training_images
     if not path.is_file():
         return set(), set()
     with open(path, newline="", encoding="utf-8") as fh:

@@ -3,25 +3,30 @@
 The exact definitions are in docs/mixing.md; :func:`plan_mix` implements them. Subsets of synthetic (and, for
 ``ratio``, real) images are drawn per class with a generator seeded by the training seed, so a (policy, seed) pair
 always trains on the same images.
+
+``augment`` (DA-Fusion-style, Trabucco et al. ICLR 2024) keeps the real training set and, per sample and epoch,
+replaces a real image with probability ``mix.augment_p`` by one of its synthetic variants: the kept synthetic images
+whose manifest ``source`` (or, for older sets, ``source_image``) names that real image. When no kept synthetic image
+names a real training image, a same-class synthetic image is used instead and a warning says so.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from synthmed.classifiers.config import MixConfig
+from synthmed.classifiers.imbalance import balanced_order
 from synthmed.data.dataset import ImageSet
 from synthmed.errors import DataError
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["concat", "batch_ratio", "weighted_loss", "pretrain_then_finetune"]
-NEEDS_SYNTHETIC = {"add_per_class", "balance_to", "ratio", "batch_ratio", "synthetic_only", "weighted_loss",
-                   "pretrain_then_finetune"}
+Mode = Literal["concat", "batch_ratio", "weighted_loss", "pretrain_then_finetune", "augment"]
 
 
 @dataclass
@@ -37,6 +42,15 @@ class MixPlan:
     pretrain_fraction: float = 0.5
     warnings: list[str] = field(default_factory=list)
     requested: list[int] | None = None  # synthetic images asked for per class (None: the policy sets no count)
+    real_all: ImageSet | None = None  # the whole real training set given to plan_mix (priors, cRT); None: ``real``
+    synthetic_weight: float = 1.0  # loss weight of a synthetic sample (concat, batch_ratio and augment modes)
+    augment_p: float = 0.0  # augment mode: replacement probability of a real sample
+    variants: list[np.ndarray] | None = None  # augment mode: synthetic indices a real sample may be replaced by
+
+    @property
+    def real_training_set(self) -> ImageSet:
+        """The real training images of the run (before any policy subsampled or dropped them)."""
+        return self.real if self.real_all is None else self.real_all
 
     @property
     def n_real(self) -> int:
@@ -109,13 +123,26 @@ def _check_synthetic(real: ImageSet, synthetic: ImageSet | None, policy: str) ->
     return synthetic
 
 
-def plan_mix(mix: MixConfig, real: ImageSet, synthetic: ImageSet | None, n_classes: int, seed: int) -> MixPlan:
-    """Apply ``mix.policy`` to the real training set and the kept synthetic images (see docs/mixing.md)."""
+def plan_mix(mix: MixConfig, real: ImageSet, synthetic: ImageSet | None, n_classes: int, seed: int,
+             sources: Sequence[str] | None = None) -> MixPlan:
+    """Apply ``mix.policy`` to the real training set and the kept synthetic images (see docs/mixing.md).
+
+    ``sources[i]`` is the id of the real training image synthetic image i was made from ("" when none; read by
+    ``augment`` only)."""
+    if not needs_synthetic(mix):
+        return MixPlan(mix.policy, "concat", real, empty_like(real), real_all=real)
+    syn = _check_synthetic(real, synthetic, mix.policy)
+    if mix.policy == "augment":
+        out = _plan_augment(mix, real, syn, n_classes, sources)
+    else:
+        out = _plan_synthetic(mix, real, syn, n_classes, seed)
+    out.real_all, out.synthetic_weight = real, mix.synthetic_weight
+    return out
+
+
+def _plan_synthetic(mix: MixConfig, real: ImageSet, syn: ImageSet, n_classes: int, seed: int) -> MixPlan:
     policy = mix.policy
     warnings: list[str] = []
-    if not needs_synthetic(mix):
-        return MixPlan(policy, "concat", real, empty_like(real), warnings=warnings)
-    syn = _check_synthetic(real, synthetic, policy)
     rng = np.random.default_rng([seed, 7919])
     real_counts = np.bincount(real.labels, minlength=n_classes)
     syn_counts = np.bincount(syn.labels, minlength=n_classes) if len(syn) else np.zeros(n_classes, np.int64)
@@ -182,27 +209,96 @@ def _plan_ratio(mix: MixConfig, real: ImageSet, syn: ImageSet, real_counts: np.n
     return MixPlan("ratio", "concat", real.subset(real_idx), chosen, warnings=warnings, requested=requested)
 
 
+def _plan_augment(mix: MixConfig, real: ImageSet, syn: ImageSet, n_classes: int,
+                  sources: Sequence[str] | None) -> MixPlan:
+    """Each real image's variants: the synthetic images made from it, else (no source anywhere) its class's."""
+    if not len(syn):
+        raise DataError("augment: the synthetic set has no kept images")
+    if sources is not None and len(sources) != len(syn):
+        raise DataError(f"augment: {len(sources)} source ids for {len(syn)} synthetic images")
+    where = {id_: i for i, id_ in enumerate(real.ids)}
+    src = [where.get(s or "", -1) for s in (sources if sources is not None else [""] * len(syn))]
+    matched = np.flatnonzero(np.asarray(src) >= 0)
+    warnings: list[str] = []
+    if len(matched):
+        keep = syn.subset(matched)
+        owner = np.asarray(src)[matched]
+        bad = int((keep.labels != real.labels[owner]).sum())
+        if bad:
+            raise DataError(f"augment: {bad} synthetic images have a different class from their source image")
+        by_real: list[np.ndarray] = [np.zeros(0, np.int64)] * len(real)
+        order = np.argsort(owner, kind="stable")
+        for r, start, stop in _runs(owner[order]):
+            by_real[r] = order[start:stop]
+        n_with = sum(1 for v in by_real if len(v))
+        if n_with < len(real):
+            warnings.append(f"augment: {len(real) - n_with} of {len(real)} real training images have no synthetic "
+                            "variant and are never replaced")
+    else:
+        keep = syn
+        per_class = [np.flatnonzero(syn.labels == c) for c in range(n_classes)]
+        by_real = [per_class[c] for c in real.labels.tolist()]
+        warnings.append("augment: no kept synthetic image names a real training image as its source (manifest "
+                        "`source`); real images are replaced by random same-class synthetic images instead")
+    for w in warnings:
+        log.warning(w)
+    return MixPlan("augment", "augment", real, keep, warnings=warnings, augment_p=mix.augment_p, variants=by_real)
+
+
+def _runs(sorted_keys: np.ndarray) -> list[tuple[int, int, int]]:
+    """(key, start, stop) of each run of equal values in a sorted array."""
+    if not len(sorted_keys):
+        return []
+    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
+    starts = np.concatenate([[0], cuts])
+    stops = np.concatenate([cuts, [len(sorted_keys)]])
+    return [(int(sorted_keys[a]), int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def augment_replacements(real_idx: np.ndarray, plan: MixPlan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split a batch of real indices into (kept real, replacing synthetic) indices: each real sample that has a
+    variant is replaced with probability ``plan.augment_p`` by one of its variants, drawn uniformly."""
+    assert plan.variants is not None
+    coins = rng.random(len(real_idx)) < plan.augment_p
+    keep, syn = [], []
+    for i, flip in zip(real_idx.tolist(), coins.tolist()):
+        options = plan.variants[i]
+        if flip and len(options):
+            syn.append(int(options[int(rng.integers(len(options)))]))
+        else:
+            keep.append(i)
+    return np.asarray(keep, np.int64), np.asarray(syn, np.int64)
+
+
 def batch_ratio_counts(batch_size: int, ratio: float) -> tuple[int, int]:
     """(real, synthetic) images per batch of the ``batch_ratio`` policy: round(R * B) synthetic."""
     n_syn = int(round(ratio * batch_size))
     return batch_size - n_syn, n_syn
 
 
-def batch_ratio_batches(n_real: int, n_syn: int, batch_size: int, ratio: float,
-                        rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+def batch_ratio_batches(n_real: int, n_syn: int, batch_size: int, ratio: float, rng: np.random.Generator,
+                        balance: tuple[np.ndarray, np.ndarray, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """One epoch of ``batch_ratio`` batches: one pass over the real images (or the synthetic ones when R = 1);
-    synthetic images are drawn from a reshuffled cycle so each is used about equally often."""
+    synthetic images are drawn from a reshuffled cycle so each is used about equally often.
+
+    ``balance = (real labels, synthetic labels, n_classes)`` (``imbalance.method: resample``): the real part and the
+    synthetic part of every batch are class-balanced draws (with replacement) instead of shuffles."""
     b_real, b_syn = batch_ratio_counts(batch_size, ratio)
+
+    def shuffle(n: int, labels: np.ndarray | None) -> np.ndarray:
+        return rng.permutation(n) if balance is None or labels is None else balanced_order(labels, balance[2], rng)
+
     if b_real == 0 or n_real == 0:
-        order = rng.permutation(n_syn)
+        order = shuffle(n_syn, balance[1] if balance else None)
         return [(np.zeros(0, np.int64), order[i:i + batch_size]) for i in range(0, n_syn, batch_size)]
-    real_order = rng.permutation(n_real)
+    real_order = shuffle(n_real, balance[0] if balance else None)
     real_parts = [real_order[i:i + b_real] for i in range(0, n_real, b_real)]
     # a short last batch keeps the ratio: round(k * R / (1 - R)) synthetic images next to its k real ones
     syn_sizes = [b_syn if len(p) == b_real else int(round(len(p) * ratio / (1.0 - ratio))) for p in real_parts]
     need = sum(syn_sizes)
     cycles = int(np.ceil(need / max(n_syn, 1)))
-    stream = np.concatenate([rng.permutation(n_syn) for _ in range(cycles)]) if need else np.zeros(0, np.int64)
+    stream = (np.concatenate([shuffle(n_syn, balance[1] if balance else None) for _ in range(cycles)]) if need
+              else np.zeros(0, np.int64))
     out, start = [], 0
     for part, k in zip(real_parts, syn_sizes):
         out.append((part, stream[start:start + k]))

@@ -1,4 +1,5 @@
-"""Classifier networks: the OCT study's small CNN, torchvision ResNets, and open_clip ViTs (LoRA or linear probe).
+"""Classifier networks: the OCT study's small CNN, CIFAR-style ResNet-20/32 (``resnet_cifar``), torchvision ResNets,
+and open_clip ViTs (LoRA or linear probe).
 
 Every network is a :class:`Net`: it takes float images in [0, 1] (N, C, H, W) with the data's channel count, repeats
 grayscale to 3 channels when the backbone needs it, normalizes per channel (buffers, saved with the weights),
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthmed.classifiers.config import ClassifierConfig
+from synthmed.classifiers.resnet_cifar import DEPTHS, cifar_resnet
 from synthmed.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -237,6 +239,12 @@ def build_model(cc: ClassifierConfig, in_channels: int, size: int, n_classes: in
     if cc.model == "cnn":
         backbone = SmallCNN(in_channels)
         net = Net(backbone, nn.Linear(backbone.out_dim, n_classes), in_channels, in_channels, backbone.out_dim)
+    elif cc.model in DEPTHS:
+        cifar = cifar_resnet(cc.model, in_channels)
+        fc = nn.Linear(cifar.out_dim, n_classes)
+        nn.init.kaiming_normal_(fc.weight)
+        net = Net(cifar, fc, in_channels, in_channels, cifar.out_dim)
+        info["shortcut"] = "A"
     elif cc.model in ("resnet18", "resnet50"):
         backbone, dim = _resnet(cc.model, size, cc.resnet_stem)
         net = Net(backbone, nn.Linear(dim, n_classes), in_channels, 3, dim)

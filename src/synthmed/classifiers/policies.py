@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from synthmed.classifiers.config import MixConfig
+from synthmed.classifiers.config import ImbalanceConfig, MixConfig
 from synthmed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -17,18 +17,25 @@ if TYPE_CHECKING:
 
 KINDS = ("real_only", "classical", "synthetic")
 SYNTHETIC_POLICIES = ("add_per_class", "balance_to", "ratio", "batch_ratio", "synthetic_only", "weighted_loss",
-                      "pretrain_then_finetune")
+                      "pretrain_then_finetune", "augment")
 # the mix fields each policy reads besides `policy`; a field no policy claims here is read by every synthetic policy
 _OWN_FIELDS: dict[str, tuple[str, ...]] = {
-    "add_per_class": ("add_per_class", "shortage"),
-    "balance_to": ("balance_to", "shortage"),
-    "ratio": ("ratio", "shortage"),
-    "batch_ratio": ("batch_ratio",),
-    "synthetic_only": (),
-    "weighted_loss": ("weight_lambda",),
-    "pretrain_then_finetune": ("pretrain_fraction",),
+    "add_per_class": ("add_per_class", "shortage", "synthetic_weight"),
+    "balance_to": ("balance_to", "shortage", "synthetic_weight"),
+    "ratio": ("ratio", "shortage", "synthetic_weight"),
+    "batch_ratio": ("batch_ratio", "synthetic_weight"),
+    "synthetic_only": (),  # every sample is synthetic: a common loss weight cancels
+    "weighted_loss": ("weight_lambda",),  # lambda sets the real/synthetic weights
+    "pretrain_then_finetune": ("pretrain_fraction",),  # pre-training is synthetic only, fine-tuning real only
+    "augment": ("augment_p", "synthetic_weight"),
 }
 _CLAIMED = {f for fields in _OWN_FIELDS.values() for f in fields}
+# the imbalance fields each method reads besides `method`
+_IMBALANCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "none": (), "resample": (), "inverse_freq": ("prior",), "effective_number": ("prior", "beta"),
+    "logit_adjustment": ("prior", "tau"), "balanced_softmax": ("prior",), "drw": ("prior", "beta", "drw_start"),
+    "posthoc_la": ("prior", "posthoc_taus"), "crt": ("crt_epochs", "crt_lr", "crt_views"),
+}
 
 
 def resolve_policy(cfg: Config, name: str) -> Config:
@@ -52,7 +59,8 @@ def uses_synthetic(mix: MixConfig) -> bool:
     if mix.policy not in SYNTHETIC_POLICIES:
         return False
     zero = {"ratio": mix.ratio == 0.0, "batch_ratio": mix.batch_ratio == 0.0,
-            "weighted_loss": mix.weight_lambda == 1.0, "add_per_class": mix.add_per_class == 0}
+            "weighted_loss": mix.weight_lambda == 1.0, "add_per_class": mix.add_per_class == 0,
+            "augment": mix.augment_p == 0.0}
     return not zero.get(mix.policy, False)
 
 
@@ -83,4 +91,12 @@ def mix_key(mix: MixConfig) -> dict[str, Any]:
     return {k: v for k, v in sorted(dump.items()) if k == "policy" or k in own or k not in _CLAIMED}
 
 
-__all__ = ["KINDS", "SYNTHETIC_POLICIES", "resolve_policy", "uses_synthetic", "policy_kind", "trained_kind", "mix_key"]
+def imbalance_key(imb: ImbalanceConfig) -> dict[str, Any]:
+    """The ``imbalance`` fields this method reads (for cache keys): changing ``imbalance.tau`` does not retrain a
+    ``drw`` policy."""
+    dump = imb.model_dump(mode="json")
+    return {k: dump[k] for k in ("method", *_IMBALANCE_FIELDS[imb.method])}
+
+
+__all__ = ["KINDS", "SYNTHETIC_POLICIES", "resolve_policy", "uses_synthetic", "policy_kind", "trained_kind", "mix_key",
+           "imbalance_key"]

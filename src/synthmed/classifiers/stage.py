@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthmed.classifiers.guards import check_no_leakage
+from synthmed.classifiers.guards import check_no_leakage, near_duplicate_guard
 from synthmed.classifiers.mixing import needs_synthetic, plan_mix
 from synthmed.classifiers.policies import policy_kind, trained_kind
 from synthmed.errors import ConfigError
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CLASSIFIERS_DIR = "classifiers"
+_IMBALANCE_FACTS = ("prior_counts", "drw_first_epoch", "posthoc_tau", "posthoc_grid", "logit_offset",
+                    "val_balanced_accuracy_before_posthoc", "crt", "crt_history", "val_balanced_accuracy_before_crt",
+                    "augment_replaced_share")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 
 
@@ -35,10 +38,14 @@ def _load_data(cfg: Config, run_dir: Path) -> RealData:
     return load_data(cfg.data, run_dir)
 
 
-def _load_synthetic(run_dir: Path) -> ImageSet:
+def _load_synthetic(run_dir: Path) -> tuple[ImageSet, list[str]]:
+    """The kept synthetic images and, per image, the real training image it was made from (manifest ``source``,
+    else ``source_image``; "" when none)."""
     from synthmed.synthetic.dataset import SyntheticSet
 
-    return SyntheticSet(run_dir).load(kept_only=True)
+    syn = SyntheticSet(run_dir)
+    rows = [r for r in syn.read_manifest() if r["kept"]]
+    return syn.load(kept_only=True, rows=rows), [str(r.get("source") or r.get("source_image") or "") for r in rows]
 
 
 def policy_configs(cfg: Config, policies: list[str] | None) -> dict[str, Config]:
@@ -72,12 +79,17 @@ def train(cfg: Config, run_dir: str | Path, policies: list[str] | None = None, s
     pending = [t for t in todo if force or not (run_dir_of(run_dir, t[0], t[2]) / "metrics.json").is_file()]
     if pending and data is None:
         data = _load_data(cfg, run_dir)
-    synthetic = None
+    synthetic, sources = None, None
     if data is not None:
         check_no_leakage(run_dir, data.val, data.test)
         if any(needs_synthetic(c.mix) for n, c, _ in pending):
-            synthetic = _load_synthetic(run_dir)
+            synthetic, sources = _load_synthetic(run_dir)
             check_no_leakage(run_dir, data.val, data.test, synthetic)
+            # near-copies (pHash) of val/test images among the synthetic and the generator's training images
+            by_id = dict(zip(synthetic.ids, sources))
+            synthetic, _ = near_duplicate_guard(run_dir, data.val, data.test, synthetic, pool=data.train_pool,
+                                                distance=cfg.data.near_duplicate_distance, strict=cfg.data.strict)
+            sources = [by_id[i] for i in synthetic.ids] if synthetic is not None else None
     rows = []
     for name, pcfg, seed in todo:
         out = run_dir_of(run_dir, name, seed)
@@ -85,21 +97,22 @@ def train(cfg: Config, run_dir: str | Path, policies: list[str] | None = None, s
             rows.append(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
             continue
         assert data is not None
-        rows.append(train_one(pcfg, data, name, seed, out, synthetic if needs_synthetic(pcfg.mix) else None,
-                              cfg.run.policies[name], progress))
+        uses = needs_synthetic(pcfg.mix)
+        rows.append(train_one(pcfg, data, name, seed, out, synthetic if uses else None,
+                              cfg.run.policies[name], progress, sources if uses else None))
     return rows
 
 
 def train_one(cfg: Config, data: RealData, policy: str, seed: int, out: Path, synthetic: ImageSet | None,
-              overrides: dict[str, Any], progress: bool = True) -> dict[str, Any]:
-    """Train one classifier and write its folder."""
+              overrides: dict[str, Any], progress: bool = True, sources: list[str] | None = None) -> dict[str, Any]:
+    """Train one classifier and write its folder (``sources``: see :func:`~.mixing.plan_mix`)."""
     from synthmed.classifiers.train import fit_plan
 
     if out.is_dir():
         remove_stale_temps(out)  # a crashed earlier attempt may have left temp files behind
-    plan = plan_mix(cfg.mix, data.train, synthetic, data.n_classes, seed)
+    plan = plan_mix(cfg.mix, data.train, synthetic, data.n_classes, seed, sources)
     clf = fit_plan(cfg, plan, data.val, data.n_classes, seed, out_dir=out, progress=progress,
-                   class_names=list(data.classes))
+                   class_names=list(data.classes), label=policy)
     proba = clf.predict_proba(data.test.images)
     test = classification_metrics(data.test.labels, proba, data.n_classes)
     val = classification_metrics(data.val.labels, clf.predict_proba(data.val.images), data.n_classes)
@@ -121,6 +134,7 @@ def train_one(cfg: Config, data: RealData, policy: str, seed: int, out: Path, sy
         "epochs": cfg.classifier.epochs, "epochs_run": info["epochs_run"], "best_epoch": info["best_epoch"],
         "val_balanced_accuracy": info["val_balanced_accuracy"], "warnings": list(plan.warnings),
         "test": test, "val": val, "history": info["history"],
+        "imbalance_info": {k: info[k] for k in _IMBALANCE_FACTS if k in info},
     }
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall", "auc_macro_ovr"):
         metrics[key] = test[key]

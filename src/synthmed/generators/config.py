@@ -43,7 +43,7 @@ class DDPMConfig(_Strict):
     rot90: bool = False
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    tensorboard: bool = False
+    tensorboard: bool = Field(False, description="old spelling of the top-level tracking: tensorboard")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -1,48 +1,48 @@
-"""Classification metrics on real val/test sets; each equals scikit-learn's definition (tests check this).
+"""Classification metrics on real val/test sets, computed by scikit-learn.
 
-* accuracy; balanced accuracy = mean recall over the classes present in ``y_true`` (sklearn's
-  ``balanced_accuracy_score``);
-* macro precision / recall / F1 over the classes present in ``y_true`` or ``y_pred`` (sklearn's ``average='macro'``
-  with ``labels=None`` and ``zero_division=0``);
-* macro one-vs-rest AUC: the mean of the binary AUCs of the classes present in ``y_true`` (with at least one
-  negative); classes absent from the test set are skipped and listed in ``auc_skipped_classes``. With every class
-  present and probabilities summing to one this equals ``roc_auc_score(..., multi_class='ovr')``;
+* accuracy; balanced accuracy = mean recall over the classes present in ``y_true`` (``balanced_accuracy_score``);
+* macro precision / recall / F1 over the classes present in ``y_true`` or ``y_pred``
+  (``precision_recall_fscore_support(average='macro', zero_division=0)``);
+* macro one-vs-rest AUC: the mean of the binary ``roc_auc_score`` of the classes present in ``y_true`` (with at least
+  one negative); classes absent from the test set are skipped and listed in ``auc_skipped_classes``. With every class
+  present and probabilities summing to one this equals ``roc_auc_score(..., multi_class='ovr')``, which refuses a
+  test set that lacks a class;
 * per-class recall (NaN for absent classes) and the confusion matrix (rows true, columns predicted).
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) counts, rows true, columns predicted."""
     y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    if not len(y_true):
+        return np.zeros((n_classes, n_classes), np.int64)
+    return skm.confusion_matrix(y_true, np.asarray(y_pred, dtype=np.int64), labels=np.arange(n_classes))
 
 
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    cm = confusion_matrix(y_true, y_pred, n_classes)
-    support = cm.sum(axis=1)
-    present = support > 0
-    if not present.any():
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None = None) -> float:
+    """Mean recall over the classes present in ``y_true`` (NaN for an empty set); ``n_classes`` is not needed."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if not len(y_true):
         return float("nan")
-    return float(np.mean(np.diag(cm)[present] / support[present]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true": those classes are not averaged
+        return float(skm.balanced_accuracy_score(y_true, np.asarray(y_pred, dtype=np.int64)))
 
 
 def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic (ties count one half)."""
-    from scipy.stats import rankdata
-
+    """Area under the ROC curve (``roc_auc_score``); NaN when ``y`` has no positive or no negative."""
     y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    ranks = rankdata(np.asarray(score, dtype=np.float64))
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, np.asarray(score, dtype=np.float64)))
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, n_classes: int | None = None) -> dict[str, Any]:
@@ -50,31 +50,32 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, n_classes: int
     proba = np.asarray(proba, dtype=np.float64)
     y_true = np.asarray(y_true, dtype=np.int64)
     n_classes = int(n_classes or proba.shape[1])
-    y_pred = proba.argmax(axis=1)
+    n = len(y_true)
+    y_pred = proba.argmax(axis=1) if n else np.zeros(0, np.int64)
     cm = confusion_matrix(y_true, y_pred, n_classes)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    labels = (support > 0) | (predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    support = cm.sum(axis=1)
+    nan = float("nan")
+    if n:
+        precision, recall, f1, _ = skm.precision_recall_fscore_support(y_true, y_pred, average="macro",
+                                                                        zero_division=0)
+        rec = skm.recall_score(y_true, y_pred, labels=np.arange(n_classes), average=None, zero_division=0)
+    else:
+        precision = recall = f1 = nan
+        rec = np.zeros(n_classes)
     aucs, skipped = [], []
     for c in range(n_classes):
-        a = binary_auc(y_true == c, proba[:, c]) if len(y_true) else float("nan")
-        (skipped.append(c) if math.isnan(a) else aucs.append(a))
-    n = len(y_true)
+        a = binary_auc(y_true == c, proba[:, c]) if n else nan
+        (skipped.append(c) if np.isnan(a) else aucs.append(a))
     return {
         "n": n,
-        "accuracy": float(tp.sum() / n) if n else float("nan"),
-        "balanced_accuracy": balanced_accuracy(y_true, y_pred, n_classes),
-        "macro_f1": float(f1[labels].mean()) if labels.any() else float("nan"),
-        "macro_precision": float(precision[labels].mean()) if labels.any() else float("nan"),
-        "macro_recall": float(recall[labels].mean()) if labels.any() else float("nan"),
-        "auc_macro_ovr": float(np.mean(aucs)) if aucs else float("nan"),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)) if n else nan,
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
+        "macro_f1": float(f1),
+        "macro_precision": float(precision),
+        "macro_recall": float(recall),
+        "auc_macro_ovr": float(np.mean(aucs)) if aucs else nan,
         "auc_skipped_classes": skipped,
-        "per_class_recall": [float(r) if s > 0 else float("nan") for r, s in zip(recall, support)],
+        "per_class_recall": [float(r) if s > 0 else nan for r, s in zip(rec, support)],
         "confusion": cm.tolist(),
     }
 

@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from synthmed.classifiers.policies import mix_key, policy_kind, resolve_policy, uses_synthetic
+from synthmed.classifiers.policies import imbalance_key, mix_key, policy_kind, resolve_policy, uses_synthetic
 from synthmed.config import Config
 
-KEY_VERSION = 2  # 2: a policy's train key holds only the mix fields it reads (policies.mix_key)
+KEY_VERSION = 3  # 2: a policy's train key holds only the mix fields it reads; 3: and only the imbalance fields
 UPSTREAM_STAGES = ("data", "finetune", "generate", "quality")
 STAGES = ("data", "finetune", "generate", "quality", "train", "evaluate", "report")
 
@@ -64,7 +64,7 @@ def train_key(policy_cfg: Config, seed: int, upstream: UpstreamKeys) -> str:
     source = upstream.quality if is_synthetic(policy_cfg) else upstream.data
     return digest({
         "stage": "train", "in": source, "classifier": _dump(policy_cfg.classifier), "mix": mix_key(policy_cfg.mix),
-        "imbalance": _dump(policy_cfg.imbalance), "seed": int(seed),
+        "imbalance": imbalance_key(policy_cfg.imbalance), "seed": int(seed),
     })
 
 

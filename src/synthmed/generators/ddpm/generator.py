@@ -83,6 +83,7 @@ class DDPMGenerator:
         gen = cls(None, {}, list(data.classes), policy, device=acc.device)
         gen.settings, gen.seed, gen.device_name, gen.world = dcfg, int(cfg.seed), cfg.device, acc.num_processes
         gen.train = data.train
+        gen.tracking = cfg.tracking
         summary = data.summary()
         gen.meta["data"] = {"source": data.source, "classes": summary["classes"], "train": summary["splits"]["train"]}
         return gen
@@ -93,8 +94,13 @@ class DDPMGenerator:
 
         if self.settings is None:
             raise RuntimeError("fit needs a generator made by from_config")
-        res = train_ddpm(self.settings, train, self.classes, Path(work_dir), seed=self.seed, device=self.device_name,
-                         stop_after=stop_after, progress=progress)
+        from synthmed.tracking import tracker_for
+
+        kind = "tensorboard" if self.settings.tensorboard else getattr(self, "tracking", "none")
+        with tracker_for(kind, Path(work_dir).parent, "generator",
+                         {"generator": {"kind": self.kind, **self.settings.model_dump(mode="json")}}) as tracker:
+            res = train_ddpm(self.settings, train, self.classes, Path(work_dir), seed=self.seed,
+                             device=self.device_name, stop_after=stop_after, progress=progress, tracker=tracker)
         data_meta = self.meta.get("data")
         trained = res.generator
         self.unet, self.scheduler_config, self.meta = trained.unet, trained.scheduler_config, trained.meta
@@ -200,12 +206,10 @@ class DDPMGenerator:
     # -------------------------------------------------------------- protocol: persistence
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:
         """The generator folder (generators/contract.py); returns the UNet's sha256."""
-        from diffusers import DDPMScheduler
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(path / "unet", safe_serialization=True)
-        DDPMScheduler.from_config(self.scheduler_config).save_pretrained(path / "scheduler")
+        self._save_scheduler(path / "scheduler")
         sha = sha256_file(path / WEIGHTS)
         meta = dict(self.meta)
         meta.update(extra or {})
@@ -226,7 +230,7 @@ class DDPMGenerator:
     def load(cls, path: str | Path, cfg: Config | None = None, device: str | torch.device | None = None
              ) -> DDPMGenerator:
         """Load a saved generator onto ``cfg.device`` (this process's device under accelerate) or ``device``."""
-        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers import UNet2DModel
 
         path = Path(path)
         meta = contract.read_metadata(path, cls.kind)
@@ -238,9 +242,21 @@ class DDPMGenerator:
 
             device = make_accelerator(cfg.device).device
         unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
-        sched_cfg = dict(DDPMScheduler.load_config(path / "scheduler"))
+        sched_cfg = cls._load_scheduler_config(path / "scheduler")
         gen = cls(unet, sched_cfg, list(meta["classes"]), ImagePolicy.from_dict(meta["image_policy"]), meta,
                   device=device or "cpu")
         if cfg is not None:
-            gen.settings, gen.seed, gen.device_name = cfg.generator.ddpm, int(cfg.seed), cfg.device
+            gen.settings, gen.seed, gen.device_name = getattr(cfg.generator, cls.kind), int(cfg.seed), cfg.device
         return gen
+
+    # -------------------------------------------------------------- what differs between kinds
+    def _save_scheduler(self, folder: Path) -> None:
+        from diffusers import DDPMScheduler
+
+        DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder)
+
+    @classmethod
+    def _load_scheduler_config(cls, folder: Path) -> dict[str, Any]:
+        from diffusers import DDPMScheduler
+
+        return dict(DDPMScheduler.load_config(folder))

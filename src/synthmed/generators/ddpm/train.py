@@ -95,9 +95,10 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DD
 def train_ddpm(
     cfg: DDPMConfig, train: ImageSet, classes: list[str], work_dir: Path, seed: int = 0, device: str = "auto",
     stop_after: int | None = None, resume: bool = True, progress: bool = True,
-    loss_fn: Callable[..., torch.Tensor] = compute_loss,
+    loss_fn: Callable[..., torch.Tensor] = compute_loss, tracker: Any = None,
 ) -> TrainResult:
-    """Train (or resume) and return the EMA generator. Checkpoints go to ``work_dir/checkpoints``."""
+    """Train (or resume) and return the EMA generator. Checkpoints go to ``work_dir/checkpoints``; ``tracker``
+    (``synthmed.tracking.Tracker``) receives the loss and learning rate of every step."""
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -145,7 +146,7 @@ def train_ddpm(
         step = _load_checkpoint(found[-1][1], fp, base, ema, names, opt, lr_sched, g, rank)
     resumed_from = step
 
-    writer = _tensorboard(cfg, Path(work_dir)) if acc.is_main_process else None
+    writer = tracker if acc.is_main_process else None
     bar = None
     if progress and acc.is_main_process and step < cfg.steps:
         from tqdm.auto import tqdm
@@ -181,16 +182,13 @@ def train_ddpm(
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         if writer is not None:
-            writer.add_scalar("loss", value, step)
-            writer.add_scalar("lr", lr_sched.get_last_lr()[0], step)
+            writer.log({"generator/loss": value, "generator/lr": lr_sched.get_last_lr()[0]}, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _save_checkpoint(acc, ckpt_root, step, fp, cfg, base, ema, names, opt, lr_sched, g)
         if stop_after is not None and step >= stop_after and step < cfg.steps:
             raise SimulatedInterrupt(f"stopped after step {step}")
     if bar is not None:
         bar.close()
-    if writer is not None:
-        writer.close()
 
     final = build_unet(arch, train.channels, len(classes), policy.resolution)
     ema.copy_to(final.parameters())
@@ -204,17 +202,6 @@ def train_ddpm(
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
     gen.settings, gen.seed, gen.device_name, gen.world, gen.train = cfg, int(seed), device, world, train
     return TrainResult(gen, step, resumed_from, n_params, meta["training"]["precision"], losses)
-
-
-def _tensorboard(cfg: DDPMConfig, work_dir: Path) -> Any:
-    if not cfg.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("generator.ddpm.tensorboard=true needs the tensorboard package "
-                        "(pip install 'synthmed[tensorboard]')") from None
-    return SummaryWriter(str(work_dir / "tensorboard"))
 
 
 def _save_checkpoint(acc: Any, root: Path, step: int, fp: str, cfg: DDPMConfig, base: torch.nn.Module,

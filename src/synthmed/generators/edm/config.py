@@ -41,7 +41,6 @@ class EDMConfig(BaseModel):
     rot90: bool = False
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    tensorboard: bool = False
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -16,8 +16,6 @@ import numpy as np
 import torch
 
 from synthmed.data.dataset import ImageSet
-from synthmed.errors import DataError
-from synthmed.generators import contract
 from synthmed.generators.base import SampleOptions
 from synthmed.generators.ddpm.generator import DDPMGenerator
 from synthmed.generators.ddpm.model import DEFAULT_GUIDANCE, ImagePolicy, resolve_arch, to_model_range
@@ -26,9 +24,6 @@ from synthmed.generators.edm import precond
 if TYPE_CHECKING:
     from synthmed.config import Config
     from synthmed.data.dataset import RealData
-
-WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
-
 
 class EDMGenerator(DDPMGenerator):
     """EDM-preconditioned class-conditional UNet (see module docstring)."""
@@ -107,53 +102,13 @@ class EDMGenerator(DDPMGenerator):
                            guidance, sources=src, strength=strength)
         return self.policy.to_uint8(x)
 
-    # -------------------------------------------------------------- persistence
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> str:
-        """The generator folder (generators/contract.py); returns the UNet's sha256."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        precond.euler_scheduler(self.scheduler_config).save_pretrained(path / "scheduler")
-        return self._save_common(path, extra)
-
-    def _save_common(self, path: Path, extra: dict[str, Any] | None) -> str:
-        from synthmed.io import atomic_write_json, sha256_file
-
-        self.unet.save_pretrained(path / "unet", safe_serialization=True)
-        sha = sha256_file(path / WEIGHTS)
-        meta = dict(self.meta)
-        meta.update(extra or {})
-        meta.update({"kind": self.kind, "classes": list(self.classes), "null_class": self.null_class,
-                     "image_policy": self.policy.to_dict(), "model_sha256": sha})
-        if self.settings is not None:
-            atomic_write_json(path / contract.CONFIG, {"kind": self.kind, "settings": self.settings.model_dump(mode="json"),
-                                                        "seed": self.seed})
-        if self.train is not None:
-            contract.write_training_images(path, self.train, self.classes)
-            meta["training_images"] = contract.TRAINING_IMAGES
-            meta["fingerprint"] = self.fingerprint()
-        atomic_write_json(path / contract.METADATA, meta)
-        self.meta = meta
-        return sha
+    # -------------------------------------------------------------- persistence (the rest is the DDPM kind's)
+    def _save_scheduler(self, folder: Path) -> None:
+        precond.euler_scheduler(self.scheduler_config).save_pretrained(folder)
 
     @classmethod
-    def load(cls, path: str | Path, cfg: Config | None = None, device: str | torch.device | None = None
-             ) -> EDMGenerator:
-        from diffusers import EDMEulerScheduler, UNet2DModel
+    def _load_scheduler_config(cls, folder: Path) -> dict[str, Any]:
+        from diffusers import EDMEulerScheduler
 
-        path = Path(path)
-        meta = contract.read_metadata(path, cls.kind)
-        if not (path / WEIGHTS).is_file():
-            raise DataError(f"{path / WEIGHTS} missing: rerun `synthmed finetune`")
-        if device is None and cfg is not None:
-            from synthmed.generators.accel import make_accelerator
-
-            device = make_accelerator(cfg.device).device
-        unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
-        keys = ("sigma_data", "sigma_min", "sigma_max", "rho")
-        loaded = dict(EDMEulerScheduler.load_config(path / "scheduler"))
-        sched_cfg = precond.scheduler_config(*(float(loaded[k]) for k in keys))
-        gen = cls(unet, sched_cfg, list(meta["classes"]), ImagePolicy.from_dict(meta["image_policy"]), meta,
-                  device=device or "cpu")
-        if cfg is not None:
-            gen.settings, gen.seed, gen.device_name = cfg.generator.edm, int(cfg.seed), cfg.device  # type: ignore[assignment]
-        return gen
+        loaded = dict(EDMEulerScheduler.load_config(folder))
+        return precond.scheduler_config(*(float(loaded[k]) for k in ("sigma_data", "sigma_min", "sigma_max", "rho")))

@@ -1,4 +1,4 @@
-"""Small, easily separable image sets for tests and quick checks (not a data source of the toolkit)."""
+"""Small, easily separable image sets for the classifier tests (test-only; not part of the synthmed package)."""
 
 from __future__ import annotations
 
