@@ -75,7 +75,7 @@ class DDPMGenerator:
     def from_config(cls, cfg: Config, data: RealData) -> DDPMGenerator:
         from synthmed.generators.accel import make_accelerator
 
-        dcfg = cfg.generator.ddpm
+        dcfg = getattr(cfg.generator, cls.kind)  # generator.ddpm (generator.edm for the EDM subclass)
         arch = resolve_arch(dcfg)
         h, w = data.size
         policy = ImagePolicy.for_data(h, w, data.channels, dcfg, len(arch["block_out_channels"]))

@@ -10,7 +10,7 @@ Folder: ``unet/`` (diffusers), ``scheduler/`` (the ``EDMEulerScheduler`` config:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,34 +18,14 @@ import torch
 from synthmed.data.dataset import ImageSet
 from synthmed.generators.base import SampleOptions
 from synthmed.generators.ddpm.generator import DDPMGenerator
-from synthmed.generators.ddpm.model import DEFAULT_GUIDANCE, ImagePolicy, resolve_arch, to_model_range
+from synthmed.generators.ddpm.model import DEFAULT_GUIDANCE, to_model_range
 from synthmed.generators.edm import precond
-
-if TYPE_CHECKING:
-    from synthmed.config import Config
-    from synthmed.data.dataset import RealData
 
 class EDMGenerator(DDPMGenerator):
     """EDM-preconditioned class-conditional UNet (see module docstring)."""
 
     kind: ClassVar[str] = "edm"
     supports_guidance: ClassVar[bool] = True
-
-    @classmethod
-    def from_config(cls, cfg: Config, data: RealData) -> EDMGenerator:
-        from synthmed.generators.accel import make_accelerator
-
-        ecfg = cfg.generator.edm
-        arch = resolve_arch(ecfg)  # type: ignore[arg-type]  (same architecture fields as the ddpm kind)
-        policy = ImagePolicy.for_data(*data.size, data.channels, ecfg, len(arch["block_out_channels"]))  # type: ignore[arg-type]
-        acc = make_accelerator(cfg.device)
-        gen = cls(None, {}, list(data.classes), policy, device=acc.device)
-        gen.settings, gen.seed, gen.device_name, gen.world = ecfg, int(cfg.seed), cfg.device, acc.num_processes  # type: ignore[assignment]
-        gen.train = data.train
-        gen.tracking = cfg.tracking
-        summary = data.summary()
-        gen.meta["data"] = {"source": data.source, "classes": summary["classes"], "train": summary["splits"]["train"]}
-        return gen
 
     def fit(self, train: ImageSet, work_dir: Path, *, progress: bool = True,
             stop_after: int | None = None) -> EDMGenerator:
