@@ -119,3 +119,13 @@ def test_notebook_example_on_smoke_config(tmp_path: Path) -> None:
     assert isinstance(run.evaluation(), str) and "real_only" in run.evaluation()
     best = df.sort_values("balanced_accuracy", ascending=False).iloc[0]
     assert best["policy"] in cfg.run.policies
+
+
+def test_api_writers_take_the_run_directory_lock(tmp_path: Path) -> None:
+    """A notebook call writing into a directory another writer holds fails at once, naming the holder."""
+    from synthmed.lock import RunDirLockedError, run_lock
+
+    cfg = synthmed.load_config(ROOT / "configs" / "smoke.yaml")
+    with run_lock(tmp_path / "x", "run"):
+        with pytest.raises(RunDirLockedError, match="in use by `synthmed run`"):
+            synthmed.train(cfg, tmp_path / "x")

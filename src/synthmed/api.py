@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,16 +69,17 @@ def _config(cfg: Config | PathLike) -> Config:
     return cfg
 
 
-def _prepare(cfg: Config, run_dir: PathLike) -> Path:
-    """Create the run directory and save the resolved config in it (as the CLI does)."""
+@contextmanager
+def _writing(cfg: Config, run_dir: PathLike, command: str) -> Iterator[Path]:
+    """Hold the run directory's writer lock (``synthmed.lock``, as the CLI does) and save the resolved config in it;
+    a second writer on the same directory gets ``RunDirLockedError`` naming this one."""
     from synthmed.config import save_resolved
+    from synthmed.lock import run_lock
 
     out = Path(run_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"run directory {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out)
-    return out
+    with run_lock(out, command, argv=["synthmed.api", command]):
+        save_resolved(cfg, out)
+        yield out
 
 
 def _with_data(data: RealData | None) -> dict[str, Any]:
@@ -131,8 +134,8 @@ def run(cfg: Config | PathLike, run_dir: PathLike, force: list[str] | None = Non
     from synthmed.pipeline.run import run_pipeline
 
     cfg = _config(cfg)
-    out = _prepare(cfg, run_dir)
-    run_pipeline(cfg, out, force=list(force or []), live=live, workers=workers)
+    with _writing(cfg, run_dir, "run") as out:
+        run_pipeline(cfg, out, force=list(force or []), live=live, workers=workers)
     return Run(out)
 
 
@@ -141,7 +144,8 @@ def finetune(cfg: Config | PathLike, run_dir: PathLike, data: RealData | None = 
     from synthmed.pipeline.stages import STAGES
 
     cfg = _config(cfg)
-    return Path(STAGES.finetune(cfg, _prepare(cfg, run_dir), **_with_data(data)))
+    with _writing(cfg, run_dir, "finetune") as out:
+        return Path(STAGES.finetune(cfg, out, **_with_data(data)))
 
 
 def generate(cfg: Config | PathLike, run_dir: PathLike, data: RealData | None = None) -> Path:
@@ -149,7 +153,8 @@ def generate(cfg: Config | PathLike, run_dir: PathLike, data: RealData | None = 
     from synthmed.pipeline.stages import STAGES
 
     cfg = _config(cfg)
-    return Path(STAGES.generate(cfg, _prepare(cfg, run_dir), **_with_data(data)))
+    with _writing(cfg, run_dir, "generate") as out:
+        return Path(STAGES.generate(cfg, out, **_with_data(data)))
 
 
 def quality(cfg: Config | PathLike, run_dir: PathLike, data: RealData | None = None) -> Path:
@@ -157,7 +162,8 @@ def quality(cfg: Config | PathLike, run_dir: PathLike, data: RealData | None = N
     from synthmed.pipeline.stages import STAGES
 
     cfg = _config(cfg)
-    return Path(STAGES.quality(cfg, _prepare(cfg, run_dir), **_with_data(data)))
+    with _writing(cfg, run_dir, "quality") as out:
+        return Path(STAGES.quality(cfg, out, **_with_data(data)))
 
 
 def train(cfg: Config | PathLike, run_dir: PathLike, policies: list[str] | None = None,
@@ -166,8 +172,8 @@ def train(cfg: Config | PathLike, run_dir: PathLike, policies: list[str] | None 
     from synthmed.pipeline.stages import STAGES
 
     cfg = _config(cfg)
-    out = _prepare(cfg, run_dir)
-    STAGES.train(cfg, out, policies=policies, seeds=seeds, **_with_data(data))
+    with _writing(cfg, run_dir, "train") as out:
+        STAGES.train(cfg, out, policies=policies, seeds=seeds, **_with_data(data))
     return Run(out)
 
 
