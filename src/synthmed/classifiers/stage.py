@@ -17,6 +17,7 @@ from synthmed.classifiers.guards import check_no_leakage, near_duplicate_guard
 from synthmed.classifiers.mixing import needs_synthetic, plan_mix
 from synthmed.classifiers.policies import policy_kind, trained_kind
 from synthmed.errors import ConfigError
+from synthmed.layout import RunLayout
 from synthmed.io import atomic_write_csv, atomic_write_json, remove_stale_temps
 from synthmed.metrics.classification import classification_metrics
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from synthmed.data.dataset import ImageSet, RealData
 
 log = logging.getLogger(__name__)
-CLASSIFIERS_DIR = "classifiers"
 _IMBALANCE_FACTS = ("prior_counts", "drw_first_epoch", "posthoc_tau", "posthoc_grid", "logit_offset",
                     "val_balanced_accuracy_before_posthoc", "crt", "crt_history", "val_balanced_accuracy_before_crt",
                     "augment_replaced_share")
@@ -64,7 +64,7 @@ def policy_configs(cfg: Config, policies: list[str] | None) -> dict[str, Config]
 
 
 def run_dir_of(run_dir: Path, policy: str, seed: int) -> Path:
-    return Path(run_dir) / CLASSIFIERS_DIR / policy / f"seed{seed}"
+    return RunLayout(run_dir).classifier(policy, seed)
 
 
 def train(cfg: Config, run_dir: str | Path, policies: list[str] | None = None, seeds: list[int] | None = None,
@@ -76,7 +76,8 @@ def train(cfg: Config, run_dir: str | Path, policies: list[str] | None = None, s
     configs = policy_configs(cfg, policies)
     seed_list = list(cfg.run.seeds if seeds is None else seeds)
     todo = [(n, c, s) for n, c in configs.items() for s in seed_list]
-    pending = [t for t in todo if force or not (run_dir_of(run_dir, t[0], t[2]) / "metrics.json").is_file()]
+    layout = RunLayout(run_dir)
+    pending = [t for t in todo if force or not layout.classifier_metrics(t[0], t[2]).is_file()]
     if pending and data is None:
         data = _load_data(cfg, run_dir)
     synthetic, sources = None, None
@@ -93,8 +94,8 @@ def train(cfg: Config, run_dir: str | Path, policies: list[str] | None = None, s
     rows = []
     for name, pcfg, seed in todo:
         out = run_dir_of(run_dir, name, seed)
-        if (out / "metrics.json").is_file() and not force:
-            rows.append(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+        if layout.classifier_metrics(name, seed).is_file() and not force:
+            rows.append(json.loads(layout.classifier_metrics(name, seed).read_text(encoding="utf-8")))
             continue
         assert data is not None
         uses = needs_synthetic(pcfg.mix)

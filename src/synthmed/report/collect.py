@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from synthmed.layout import RunLayout
+
 PRIMARY = "balanced_accuracy"
 METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "auc_macro_ovr")
 PACKAGES = ("synthmed", "torch", "torchvision", "numpy", "diffusers", "transformers", "scikit-learn", "pandas",
@@ -68,7 +70,7 @@ def load_config(run_dir: Path) -> tuple[dict[str, Any] | None, Any]:
     """The raw resolved config dict and (when it validates) the typed ``Config``."""
     import yaml
 
-    path = run_dir / "config.yaml"
+    path = RunLayout(run_dir).config
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -82,7 +84,7 @@ def load_config(run_dir: Path) -> tuple[dict[str, Any] | None, Any]:
 
 
 def load_data_summary(run_dir: Path) -> dict[str, Any] | None:
-    summary = read_json(run_dir / "pipeline" / "data_summary.json")
+    summary = read_json(RunLayout(run_dir).data_summary)
     if isinstance(summary, dict):
         return summary
     split = run_dir / "data" / "split.csv"
@@ -143,12 +145,13 @@ def _confusion(seed_dir: Path, metrics: dict[str, Any]) -> np.ndarray | None:
 
 def load_classifiers(run_dir: Path) -> ClassifierRuns:
     runs = ClassifierRuns()
-    root = run_dir / "classifiers"
+    root = RunLayout(run_dir).classifiers
     if not root.is_dir():
         return runs
     for pdir in sorted(p for p in root.iterdir() if p.is_dir()):
         for sdir in sorted(pdir.glob("seed*")):
-            raw = read_json(sdir / "metrics.json")
+            raw = read_json(RunLayout(run_dir).classifier_metrics(pdir.name, int(sdir.name[4:]))
+                            if sdir.name[4:].isdigit() else None)
             try:
                 seed = int(sdir.name[4:])
             except ValueError:
@@ -261,7 +264,7 @@ def headline(runs: ClassifierRuns, kinds: dict[str, str], metric: str = PRIMARY)
 
 def load_results(run_dir: Path) -> Any:
     """``RUN_DIR/results.csv`` of a sweep as a DataFrame (None when absent or unreadable)."""
-    path = run_dir / "results.csv"
+    path = RunLayout(run_dir).results
     if not path.is_file():
         return None
     try:
@@ -274,7 +277,7 @@ def load_results(run_dir: Path) -> Any:
 
 
 def load_real_samples(run_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    path = run_dir / "pipeline" / "real_samples.npz"
+    path = RunLayout(run_dir).real_samples
     if not path.is_file():
         return None
     try:
