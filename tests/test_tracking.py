@@ -52,3 +52,19 @@ def test_ddpm_training_logs_through_the_tracker(tmp_path: Path) -> None:
     data = load_data(cfg.data)
     generator_class("ddpm").from_config(cfg, data).fit(data.train, tmp_path / "generator_work", progress=False)
     assert list((tmp_path / "tracking" / "generator").glob("events.out.tfevents.*"))
+
+
+def test_classifier_training_curve_reaches_the_tracker(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from synthmed.classifiers.stage import _track
+    from synthmed.config import load_config
+
+    cfg = load_config(None, ["tracking=tensorboard"])
+    out = tmp_path / "classifiers" / "real_only" / "seed0"
+    _track(cfg, out, "real_only", 0, [{"epoch": 1, "loss": 2.0, "val_balanced_accuracy": 0.3},
+                                     {"epoch": 2, "loss": 1.5, "val_balanced_accuracy": 0.4}])
+    acc = EventAccumulator(str(tmp_path / "tracking" / "classifier_real_only_seed0"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("classifier/val_balanced_accuracy")] == pytest.approx([0.3, 0.4])

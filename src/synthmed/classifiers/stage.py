@@ -48,6 +48,21 @@ def _load_synthetic(run_dir: Path) -> tuple[ImageSet, list[str]]:
     return syn.load(kept_only=True, rows=rows), [str(r.get("source") or r.get("source_image") or "") for r in rows]
 
 
+def _track(cfg: Config, out: Path, policy: str, seed: int, history: list[dict[str, Any]]) -> None:
+    """The training curve (loss, real-val balanced accuracy per epoch) to ``tracking`` (RUN_DIR/tracking/...)."""
+    if cfg.tracking == "none":
+        return
+    from synthmed.tracking import tracker_for
+
+    run_dir = out.parents[2]  # RUN_DIR/classifiers/<policy>/seed<k>
+    settings = {"classifier": cfg.classifier.model_dump(mode="json"), "mix": cfg.mix.model_dump(mode="json"),
+                "imbalance": cfg.imbalance.model_dump(mode="json")}
+    with tracker_for(cfg.tracking, run_dir, f"classifier/{policy}/seed{seed}", settings) as tracker:
+        for row in history:
+            tracker.log({"classifier/loss": row.get("loss"),
+                         "classifier/val_balanced_accuracy": row.get("val_balanced_accuracy")}, int(row["epoch"]))
+
+
 def policy_configs(cfg: Config, policies: list[str] | None) -> dict[str, Config]:
     """name -> config with the policy's dotted overrides applied (all of ``run.policies`` when None)."""
     from synthmed.config import with_overrides
@@ -118,6 +133,7 @@ def train_one(cfg: Config, data: RealData, policy: str, seed: int, out: Path, sy
     test = classification_metrics(data.test.labels, proba, data.n_classes)
     val = classification_metrics(data.val.labels, clf.predict_proba(data.val.images), data.n_classes)
     info = clf.info
+    _track(cfg, out, policy, seed, info.get("history") or [])
     metrics: dict[str, Any] = {
         "policy": policy, "policy_kind": trained_kind(cfg, plan.n_synthetic),
         "configured_kind": policy_kind(cfg), "seed": seed, "overrides": overrides,
