@@ -112,3 +112,12 @@ def test_tracking_logs_the_generator_loss(tmp_path: Path) -> None:
     generator_class("edm").from_config(cfg, data).fit(data.train, tmp_path / "generator_work", progress=False)
     events = list((tmp_path / "tracking" / "generator").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_training_log_holds_the_loss_curve(tiny) -> None:
+    import csv
+
+    _, _, _, root = tiny
+    with open(root / "generator" / "training_log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and all(float(r["loss"]) > 0 for r in rows)

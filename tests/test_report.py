@@ -22,7 +22,7 @@ from synthmed.pipeline.sweep import run_sweep
 from synthmed.report.html import build_report
 from test_pipeline import make_cfg
 
-SECTIONS = ["headline", "data", "results", "sweep", "per-class", "confusion", "samples", "quality", "filtering",
+SECTIONS = ["headline", "data", "results", "sweep", "curves", "per-class", "confusion", "samples", "quality", "filtering",
             "galleries", "config", "versions"]
 
 QUALITY = {

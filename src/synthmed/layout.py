@@ -81,6 +81,11 @@ class RunLayout:
         """The real images the generator saw (``generators/contract.py``), read by the leakage guard and the audit."""
         return self.generator / "training_images.csv"
 
+    @property
+    def generator_training_log(self) -> Path:
+        """The generator's loss per training step (``generators/contract.py``), plotted by the report."""
+        return self.generator / "training_log.csv"
+
     # ------------------------------------------------------------------ synthetic set
     @property
     def synthetic(self) -> Path:

@@ -44,6 +44,15 @@ METADATA = "synthmed.json"
 CONFIG = "generator_config.json"
 TRAINING_IMAGES = "training_images.csv"
 TRAINING_COLUMNS = ["id", "label", "class_name", "pixel_hash"]
+TRAINING_LOG = "training_log.csv"  # step, loss of the training steps this process ran (after a resume: from there)
+
+
+def write_training_log(folder: str | Path, losses: list[float], first_step: int = 1) -> Path:
+    """``training_log.csv`` (step, loss): the generator's loss curve, which the report plots."""
+    path = Path(folder) / TRAINING_LOG
+    atomic_write_csv(path, ({"step": first_step + i, "loss": f"{v:.6g}"} for i, v in enumerate(losses)),
+                     ["step", "loss"])
+    return path
 
 
 def write_training_images(folder: str | Path, train: ImageSet, classes: list[str] | None = None) -> Path:

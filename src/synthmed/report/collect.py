@@ -320,3 +320,15 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def load_generator_log(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) rows of ``generator/training_log.csv`` (empty when absent or unreadable)."""
+    path = RunLayout(run_dir).generator_training_log
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh)]
+    except (OSError, ValueError, KeyError):
+        return []

@@ -192,6 +192,7 @@ def build_report(run_dir: str | Path) -> Path:
         ("data", "Data", _data_section(summary, cfg_raw, out, collect.read_json(layout.near_duplicates))),
         ("results", "All policies", _results_section(runs, kinds, evaluation, usage)),
         ("sweep", "Sweep", _sweep_section(df, runs, kinds, out)),
+        ("curves", "Training curves", _curves(runs, collect.load_generator_log(run_dir), out)),
         ("per-class", "Per-class recall", _per_class(runs, classes, out)),
         ("confusion", "Confusion matrices", _confusions(runs, classes, out)),
         ("samples", "Real vs synthetic samples", _samples(run_dir, classes, out)),
@@ -212,6 +213,14 @@ def build_report(run_dir: str | Path) -> Path:
     path = run_dir / "report.html"
     atomic_write_text(path, html)
     return path
+
+
+def _curves(runs: collect.ClassifierRuns, generator_log: list[tuple[int, float]], out: Path) -> str:
+    try:
+        path = plots.training_curves(runs, generator_log, out / "training_curves.png")
+    except Exception as err:  # noqa: BLE001 - a figure must not sink the report
+        return absent(f"training curves ({err.__class__.__name__}: {err})")
+    return img(path, "training curves") if path is not None else absent("no training history in metrics.json.")
 
 
 def _per_class(runs: collect.ClassifierRuns, classes: list[str], out: Path) -> str:

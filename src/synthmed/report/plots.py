@@ -146,3 +146,39 @@ def sample_grid(real: dict[int, list[np.ndarray]], synthetic: dict[int, list[np.
         axes[c][0].set_title(str(classes[c])[:14], fontsize=7, loc="left")
     fig.suptitle("real (left) vs synthetic, kept (right)", fontsize=9)
     return _save(fig, path)
+
+
+def training_curves(runs: ClassifierRuns, generator_log: list[tuple[int, float]], path: Path) -> Path | None:
+    """Left: real-val balanced accuracy per epoch of every policy (mean over seeds, from metrics.json ``history``);
+    right: the generator's training loss (``generator/training_log.csv``, running mean over 20 steps)."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    for policy, seeds in runs.raw.items():
+        for m in seeds.values():
+            for row in (m.get("history") or []) if isinstance(m, dict) else []:
+                if isinstance(row, dict) and row.get("val_balanced_accuracy") is not None:
+                    curves.setdefault(policy, {}).setdefault(int(row["epoch"]), []).append(
+                        float(row["val_balanced_accuracy"]))
+    if not curves and not generator_log:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for policy, by_epoch in curves.items():
+        epochs = sorted(by_epoch)
+        axes[0].plot(epochs, [float(np.mean(by_epoch[e])) for e in epochs], marker=".", label=policy)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("balanced accuracy (real val)")
+    axes[0].set_title("classifier training (mean over seeds)")
+    if curves:
+        axes[0].legend(fontsize=8)
+    if generator_log:
+        steps = np.array([s for s, _ in generator_log])
+        loss = np.array([v for _, v in generator_log], dtype=float)
+        k = min(20, len(loss))
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        axes[1].plot(steps, loss, alpha=0.3, lw=0.8)
+        axes[1].plot(steps[k - 1:], smooth, lw=1.5)
+        axes[1].set_yscale("log")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("generator loss")
+    axes[1].set_title("generator training" if generator_log else "generator training (no training_log.csv)")
+    return _save(fig, path)
