@@ -33,8 +33,11 @@ QUALITY = {
                                                                         "density": 1.0, "coverage": 0.9,
                                                                         "warnings": ["FID with n < 2048 is biased"]}},
                  "synthetic_all": {"overall": {"n_real": 21, "n_fake": 9, "fid": 30.0, "kid": 0.05, "precision": 0.4,
-                                               "recall": 0.3, "density": 0.5, "coverage": 0.4, "warnings": []}}},
-    "cas": {"synthetic_only": {"accuracy": 0.4, "balanced_accuracy": 0.35, "macro_f1": 0.3},
+                                               "recall": 0.3, "density": 0.5, "coverage": 0.4, "warnings": []},
+                                   "per_class": {"a": {"n_real": 7, "n_fake": 3, "fid": 41.5, "precision": 0.5,
+                                                       "recall": 0.25}}}},
+    "cas": {"synthetic_only": {"accuracy": 0.4, "balanced_accuracy": 0.35, "macro_f1": 0.3,
+                               "per_class_recall": [0.125, 0.5, 0.75]},
             "real_only": {"accuracy": 0.7, "balanced_accuracy": 0.6, "macro_f1": 0.55}},
     "memorization": {"flagged": 1, "flagged_fraction": 0.11, "copy_space": "pixel", "n_synthetic": 9,
                      "n_generator_train": 21},
@@ -90,6 +93,8 @@ def test_report_sections_and_images(full_run: Path) -> None:
     assert "src=\"http" not in html and "<script" not in html, "self-contained, no external resources"
     for png in ("class_counts.png", "per_class_recall.png", "samples.png", "metric_vs_ratio_mix_ratio.png"):
         assert (full_run / "report" / png).is_file(), png
+    per_class = html[html.index("id=per-class-quality"):]
+    assert "<td>41.5</td>" in per_class and "<td>0.125</td>" in per_class, "per-class FID and CAS recall"
     assert "Paired difference ratio" in html and "best classical" in html
 
 

@@ -113,7 +113,7 @@ def _accuracy(clf: Any, test: ImageSet, n_classes: int) -> dict[str, Any]:
     from synthmed.metrics.classification import classification_metrics
 
     m = classification_metrics(test.labels, clf.predict_proba(test.images), n_classes)
-    return {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
+    return {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class_recall")}
 
 
 def _gate(cfg: Config, fid_block: dict[str, Any], conf: np.ndarray, audit: memorization.AuditResult,

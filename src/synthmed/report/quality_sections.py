@@ -49,6 +49,7 @@ def quality_section(q: dict[str, Any] | None) -> str:
             [["synthetic only (all generated)", fmt(s.get("accuracy")), fmt(s.get("balanced_accuracy")),
               fmt(s.get("macro_f1"))],
              ["real only", fmt(r.get("accuracy")), fmt(r.get("balanced_accuracy")), fmt(r.get("macro_f1"))]])
+    body += per_class_quality(q)
     mem = q.get("memorization")
     if isinstance(mem, dict):
         body += "<h3>Memorization audit</h3>" + table(
@@ -114,3 +115,27 @@ def galleries_section(run_dir: Path, q: dict[str, Any] | None) -> str:
     if isinstance(gal.get("closest_pairs"), str):
         body += "<h3>closest synthetic / training pairs</h3>" + img(gdir / gal["closest_pairs"], "closest pairs")
     return body or absent("no galleries (RUN_DIR/quality/galleries/).")
+
+
+def per_class_quality(q: dict[str, Any]) -> str:
+    """Per class: FID of all generated and of kept images vs the real reference (same n, same backbone), precision,
+    recall, and CAS recall (classifier trained on synthetic only vs on real only, real test)."""
+    fid = q.get("fidelity") if isinstance(q.get("fidelity"), dict) else {}
+    blocks = {k: ((fid.get(k) or {}).get("per_class") or {}) for k in ("real_reference", "synthetic_all", "synthetic_kept")}
+    classes = [str(c) for c in q.get("classes") or list(blocks["synthetic_all"])]
+    cas = q.get("cas") if isinstance(q.get("cas"), dict) else {}
+    syn_rec = (cas.get("synthetic_only") or {}).get("per_class_recall") or []
+    real_rec = (cas.get("real_only") or {}).get("per_class_recall") or []
+    if not classes or not any(blocks.values()):
+        return ""
+    rows = []
+    for i, c in enumerate(classes):
+        ref, allb, kept = (blocks[k].get(c) or {} for k in ("real_reference", "synthetic_all", "synthetic_kept"))
+        rows.append([escape(c), fmt(allb.get("n_real")), fmt(allb.get("n_fake")), fmt(ref.get("fid"), 1),
+                     fmt(allb.get("fid"), 1), fmt(kept.get("fid"), 1), fmt(allb.get("precision")),
+                     fmt(allb.get("recall")), fmt(syn_rec[i] if i < len(syn_rec) else None),
+                     fmt(real_rec[i] if i < len(real_rec) else None)])
+    return ("<h3 id=per-class-quality>Per class</h3><p class=note>FID per class uses few images (n shown): compare "
+            "a class only with its own real reference.</p>"
+            + table(["class", "n real", "n synthetic", "FID real ref.", "FID all", "FID kept", "precision",
+                     "recall", "CAS recall (synthetic-trained)", "recall (real-trained)"], rows))
