@@ -153,8 +153,8 @@ def _metrics(policy: str, seed: int, bal: float, **extra: object) -> dict:
     return {"policy": policy, "seed": seed, "balanced_accuracy": bal, "classes": ["a", "b", "c"], **extra}
 
 
-def test_report_says_when_a_policy_got_fewer_or_no_synthetic_images(tmp_path: Path) -> None:
-    """A shortfall is named per class in the headline and the table; a policy that used none is not 'synthetic'."""
+def _shortage_run(tmp_path: Path) -> Path:
+    """Three policies: real_only, one short of synthetic images in two classes, one that got none."""
     run = tmp_path / "run"
     rows = {
         "real_only": dict(policy_kind="real_only", configured_kind="real_only", n_train_synthetic=0),
@@ -167,6 +167,12 @@ def test_report_says_when_a_policy_got_fewer_or_no_synthetic_images(tmp_path: Pa
         for seed in (0, 1):
             atomic_write_json(run / "classifiers" / policy / f"seed{seed}" / "metrics.json",
                               _metrics(policy, seed, 0.5 + 0.1 * seed + 0.05 * (policy == "short"), **extra))
+    return run
+
+
+def test_report_says_when_a_policy_got_fewer_or_no_synthetic_images(tmp_path: Path) -> None:
+    """A shortfall is named per class in the headline and the table; a policy that used none is not 'synthetic'."""
+    run = _shortage_run(tmp_path)
     html = build_report(run).read_text()
     head = html[html.index('id="headline"'):html.index('id="data"')]
     assert "short trained on 40 synthetic images of the 90 it asked for; short per class: b −10, c −40." in head
@@ -174,3 +180,19 @@ def test_report_says_when_a_policy_got_fewer_or_no_synthetic_images(tmp_path: Pa
     table = html[html.index('id="results"'):html.index('id="sweep"')]
     assert re.search(r"<td[^>]*>starved</td><td[^>]*>real_only</td>", table)
     assert "b −10, c −40" in table and "40 of 90" in table
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (apt-get install chromium; "
+                                                ".ci/run installs it when it can)")
+def test_shortage_warning_renders_in_headless_chromium(tmp_path: Path) -> None:
+    """What a reader sees: the per-class shortfall and the 'trained on none' sentence survive rendering."""
+    exe = _chromium()
+    run = _shortage_run(tmp_path)
+    build_report(run)
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", (run / "report.html").resolve().as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'id="synthetic-shortage"' in dom.stdout and "short per class: b −10, c −40" in dom.stdout
+    assert "starved was configured to add synthetic images but trained on none" in dom.stdout

@@ -111,14 +111,14 @@ def confusion(cm: np.ndarray, classes: Sequence[str], title: str, path: Path) ->
     n = cm.shape[0]
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(0.5 * n + 2.5, 0.5 * n + 2))
+    fig, ax = plt.subplots(figsize=(0.8 * n + 3, 0.8 * n + 2.5))  # counts legible up to ~15 classes
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     labels = list(classes)[:n] if len(classes) >= n else [str(i) for i in range(n)]
-    ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=9)
+    ax.set_yticks(range(n), labels, fontsize=9)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{cm[i, j]:.0f}", ha="center", va="center", fontsize=6,
+            ax.text(j, i, f"{cm[i, j]:.0f}", ha="center", va="center", fontsize=10 if n <= 10 else 8,
                     color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -143,7 +143,7 @@ def sample_grid(real: dict[int, list[np.ndarray]], synthetic: dict[int, list[np.
             if img is not None:
                 ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None,
                           vmin=0, vmax=255)
-        axes[c][0].set_title(str(classes[c])[:14], fontsize=7, loc="left")
+        axes[c][0].set_title(str(classes[c]), fontsize=7, loc="left")  # the full class name, never cut
     fig.suptitle("real (left) vs synthetic, kept (right)", fontsize=9)
     return _save(fig, path)
 
