@@ -124,3 +124,16 @@ def test_generator_protocol(kind: str, request: pytest.FixtureRequest, tmp_path:
             np.testing.assert_array_equal(again[k], weights[k], err_msg=k)
         else:
             np.testing.assert_allclose(again[k], weights[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "edm", "stable_diffusion"])
+def test_generator_training_reaches_the_tracker(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """tracking=tensorboard: every kind logs its training loss under RUN_DIR/tracking/generator."""
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency")
+    from synthmed.config import with_overrides
+    from synthmed.data.load import load_data
+
+    cfg = with_overrides(_config(kind, request), {"tracking": "tensorboard"})
+    data = load_data(cfg.data, echo_warnings=False)
+    registry.generator_class(kind).from_config(cfg, data).fit(data.train, tmp_path / "generator_work", progress=False)
+    assert list((tmp_path / "tracking" / "generator").glob("events.out.tfevents.*")), kind

@@ -153,16 +153,22 @@ class StableDiffusionGenerator:
                                  "text_encoder": copy.deepcopy(base.text_encoder)}, requires_safety_checker=False)
 
         self._check_prompts(base.tokenizer)
+        from synthmed.tracking import tracker_for
+
         rank, world, barrier = processes(self.cfg.device)
         jobs = self._jobs(Path(work_dir))
-        for job in jobs[rank::world]:  # several processes: per-class adapters are trained in parallel
-            fp = self._job_fingerprint(job)
-            if _finished(job, fp) is None:
-                fpf = job.work_dir / "fingerprint.txt"
-                if fpf.is_file() and fpf.read_text().strip() != fp:
-                    shutil.rmtree(job.work_dir)  # other settings or images: old checkpoints must not be resumed
-                atomic_write_text(fpf, fp)
-                train_adapter(load, self.st, self.rt, job, progress=progress and rank == 0, stop_after=stop_after)
+        kind = self.cfg.tracking if rank == 0 else "none"
+        with tracker_for(kind, Path(work_dir).parent, "generator",
+                         {"generator": self.cfg.generator.stable_diffusion.model_dump(mode="json")}) as tracker:
+            for job in jobs[rank::world]:  # several processes: per-class adapters are trained in parallel
+                fp = self._job_fingerprint(job)
+                if _finished(job, fp) is None:
+                    fpf = job.work_dir / "fingerprint.txt"
+                    if fpf.is_file() and fpf.read_text().strip() != fp:
+                        shutil.rmtree(job.work_dir)  # other settings or images: old checkpoints must not be resumed
+                    atomic_write_text(fpf, fp)
+                    train_adapter(load, self.st, self.rt, job, progress=progress and rank == 0,
+                                  stop_after=stop_after, tracker=tracker)
         barrier()
         self.summaries = {job.name: json.loads((job.work_dir / "done.json").read_text()) for job in jobs}
         return self

@@ -228,7 +228,7 @@ def eval_loss(pipe: Any, noise_sched: Any, unet: Any, enc: _Encoder, st: SDSetti
 
 
 def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job: AdapterJob,
-                  progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+                  progress: bool = True, stop_after: int | None = None, tracker: Any = None) -> dict[str, Any]:
     """Train ``job`` (resuming from its latest checkpoint); returns a summary (steps, losses, seconds).
 
     ``stop_after=k`` raises ``SimulatedInterrupt`` after step k (tests simulate a crash)."""
@@ -275,6 +275,8 @@ def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job
                                         "lower generator.stable_diffusion.lr; the last checkpoint is kept")
         optimizer_step(loss, opt, sched, trainable, st.grad_clip, scaler)
         losses.append(float(loss.detach()))
+        if tracker is not None:
+            tracker.log({f"generator/{job.name}/loss": losses[-1]}, len(losses) + start)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -293,6 +295,9 @@ def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job
                "loss_end": loss_end, "train_loss_last": float(np.mean(losses[-per_epoch:])) if losses else None,
                "seconds": round(time.monotonic() - t0, 2), "file": str(path), "sha256": sha256_file(path)}
     atomic_write_json(job.work_dir / "done.json", summary)
+    if tracker is not None:
+        tracker.log({f"generator/{job.name}/eval_loss_start": loss_start, f"generator/{job.name}/eval_loss_end": loss_end},
+                    total)
     return summary
 
 
