@@ -101,13 +101,15 @@ class DDPMGenerator:
                          {"generator": {"kind": self.kind, **self.settings.model_dump(mode="json")}}) as tracker:
             res = train_ddpm(self.settings, train, self.classes, Path(work_dir), seed=self.seed,
                              device=self.device_name, stop_after=stop_after, progress=progress, tracker=tracker)
-        data_meta = self.meta.get("data")
-        trained = res.generator
-        self.unet, self.scheduler_config, self.meta = trained.unet, trained.scheduler_config, trained.meta
-        if data_meta is not None:
-            self.meta["data"] = data_meta
-        self.train, self.last_fit = train, res
-        return self.to(self.device)
+            data_meta = self.meta.get("data")
+            trained = res.generator
+            self.unet, self.scheduler_config, self.meta = trained.unet, trained.scheduler_config, trained.meta
+            if data_meta is not None:
+                self.meta["data"] = data_meta
+            self.train, self.last_fit = train, res
+            self.to(self.device)
+            log_sample_grid(self, tracker, res.steps)
+        return self
 
     def fingerprint(self) -> str:
         from synthmed.generators.ddpm.train import fingerprint
@@ -263,3 +265,10 @@ class DDPMGenerator:
         from diffusers import DDPMScheduler
 
         return dict(DDPMScheduler.load_config(folder))
+
+
+def log_sample_grid(gen: Any, tracker: Any, step: int) -> None:
+    """One image per class from the just-trained generator to the tracker (when tracking is on)."""
+    if tracker.enabled:
+        labels = list(range(len(gen.classes)))
+        tracker.log_images({"generator/samples": gen.sample(labels, labels, SampleOptions(steps=10))}, step)

@@ -17,7 +17,7 @@ import torch
 
 from synthmed.data.dataset import ImageSet
 from synthmed.generators.base import SampleOptions
-from synthmed.generators.ddpm.generator import DDPMGenerator
+from synthmed.generators.ddpm.generator import DDPMGenerator, log_sample_grid
 from synthmed.generators.ddpm.model import DEFAULT_GUIDANCE, to_model_range
 from synthmed.generators.edm import precond
 
@@ -41,9 +41,7 @@ class EDMGenerator(DDPMGenerator):
             res = train_edm(s, train, self.classes, Path(work_dir), seed=self.seed, device=self.device_name,  # type: ignore[arg-type]
                             stop_after=stop_after, progress=progress, tracker=tracker)
             self.unet, self.scheduler_config = res.unet.to(self.device), dict(res.scheduler_config)
-            if tracker.enabled:  # one image per class from the trained network
-                labels = list(range(len(self.classes)))
-                tracker.log_images({"generator/samples": self.sample(labels, labels, SampleOptions(steps=10))}, res.steps)
+            log_sample_grid(self, tracker, res.steps)
         self.meta.update({"arch": res.arch, "n_params": res.n_params, "training": {
             "formulation": "edm", "steps": s.steps, "batch_size": s.batch_size, "world_size": self.world,
             "seed": self.seed, "lr": s.lr, "class_power": s.class_power, "p_mean": s.p_mean, "p_std": s.p_std,
