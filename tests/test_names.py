@@ -35,3 +35,14 @@ def test_display_name_builtin_config_and_fallback() -> None:
     assert display_name("ig", full) == "promyelocyte"  # a whole Config works too
     assert display_name("ig", {"ig": "granulocyte precursor"}) == "granulocyte precursor"
     assert with_article(display_name("ig")) == "an immature granulocyte"
+
+
+def test_stable_diffusion_prompts_use_display_names_and_articles() -> None:
+    from synthmed.config import load_config
+    from synthmed.generators.stable_diffusion.recipes import resolve
+
+    cfg = load_config(None, ["generator.stable_diffusion.recipe=cytodiff", "data.display_names={mono: monocyte}"])
+    st = resolve(cfg.generator.stable_diffusion, ["ig", "eosinophil", "mono"])
+    assert [st.prompt(c, cfg.data) for c in ("ig", "eosinophil", "mono")] == [
+        "a microscopy image of an immature granulocyte", "a microscopy image of an eosinophil",
+        "a microscopy image of a monocyte"]

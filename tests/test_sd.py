@@ -61,7 +61,7 @@ def test_recipes():
     assert st.per_class and st.lora and st.train_text_encoder and st.guidance == 2.0 and st.warmup_steps == 100
     assert st.steps_for(16) == 600 and "add_k_proj" in st.unet_targets and "out_proj" in st.text_encoder_targets
     st = resolve(StableDiffusionConfig(recipe="datadream_joint", rank=8), ["a", "b"])
-    assert not st.per_class and st.rank == 8 and st.prompt("a") == "a photo of a a"
+    assert not st.per_class and st.rank == 8 and st.prompt("a") == "a photo of an a"
     full = resolve(StableDiffusionConfig(recipe="full_unet"))
     assert not full.lora and not full.train_text_encoder
     with pytest.raises(ConfigError, match="prompt_template"):
@@ -97,7 +97,8 @@ def test_finetune_outputs_and_loss(trained):
 
 
 def test_plain_diffusers_reproduces_generation(trained, tiny_sd):
-    """The saved LoRA loads in a plain StableDiffusionPipeline and gives our PNGs bit for bit."""
+    """The saved LoRA loads in a plain StableDiffusionPipeline and gives our PNGs (one image at a time there, two per
+    batch here: at most a few pixels differ by one level, as test_resume_and_batch_size states for batch sizes)."""
     import torch
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
@@ -117,7 +118,8 @@ def test_plain_diffusers_reproduces_generation(trained, tiny_sd):
         pipe.unload_lora_weights()
         ours = _png(run / "synthetic" / row["path"])
         assert ours.shape == (64, 64, 3)
-        np.testing.assert_array_equal(ours, (out * 255).round().astype(np.uint8))
+        theirs = (out * 255).round().astype(np.uint8).astype(int)
+        assert np.abs(ours.astype(int) - theirs).max() <= 1 and (ours != theirs).mean() < 0.01
 
 
 def test_resume_and_batch_size(trained, tmp_path):

@@ -75,7 +75,7 @@ class StableDiffusionGenerator:
         self.cfg, self.sd, self.st, self.rt = cfg, cfg.generator.stable_diffusion, st, rt
         self.classes = list(classes)
         self.meta: dict[str, Any] = dict(meta or {})
-        self.prompts: dict[str, str] = dict(self.meta.get("prompts") or {c: st.prompt(c) for c in self.classes})
+        self.prompts: dict[str, str] = dict(self.meta.get("prompts") or {c: st.prompt(c, cfg.data) for c in self.classes})
         self.train: ImageSet | None = None
         self.chosen: ImageSet | None = None
         self.data_info: dict[str, Any] = dict(self.meta.get("data") or {})

@@ -75,10 +75,19 @@ class SDSettings:
             return self.max_steps
         return max(1, self.epochs * math.ceil(max(n_images, 1) / self.batch_size))
 
-    def prompt(self, class_name: str) -> str:
+    def prompt(self, class_name: str, display_names: Any = None) -> str:
+        """The class's prompt: an explicit one, else the template with the class's display name (``data/names.py``:
+        "ig" -> "immature granulocyte") and the right article ("a {class}" -> "an immature granulocyte")."""
+        from synthmed.data.names import display_name, with_article
+
         if class_name in self.prompts:
             return self.prompts[class_name]
-        return self.prompt_template.replace("{class}", class_name.replace("_", " "))
+        shown = display_name(class_name, display_names)
+        template = self.prompt_template
+        for art in ("a {class}", "an {class}"):
+            if art in template:
+                return template.replace(art, with_article(shown))
+        return template.replace("{class}", shown)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
