@@ -222,7 +222,7 @@ class DDPMGenerator:
             atomic_write_json(path / contract.CONFIG, {"kind": self.kind, "settings": settings, "seed": self.seed})
         fit = self.last_fit
         if fit is not None and getattr(fit, "losses", None):
-            contract.write_training_log(path, list(fit.losses), int(fit.resumed_from) + 1)
+            contract.write_training_log(path, list(fit.losses), int(fit.steps) - len(fit.losses) + 1)
         if self.train is not None:
             contract.write_training_images(path, self.train, self.classes)
             meta["training_images"] = contract.TRAINING_IMAGES

@@ -138,12 +138,13 @@ def train_ddpm(
     fp = fingerprint(cfg, seed, train, world)
     ckpt_root = Path(work_dir) / "checkpoints"
     step = 0
+    losses: list[float] = []  # every step's loss (refilled from the checkpoint on resume)
     if acc.is_main_process:
         st.clean_temp_checkpoints(ckpt_root)
     acc.wait_for_everyone()
     found = st.list_checkpoints(ckpt_root) if resume else []
     if found:
-        step = _load_checkpoint(found[-1][1], fp, base, ema, names, opt, lr_sched, g, rank)
+        step = _load_checkpoint(found[-1][1], fp, base, ema, names, opt, lr_sched, g, rank, losses)
     resumed_from = step
 
     writer = tracker if acc.is_main_process else None
@@ -155,7 +156,6 @@ def train_ddpm(
     acs = noise_sched.alphas_cumprod.to(dev)
     noise_sched.alphas_cumprod = acs
     unet.train()
-    losses: list[float] = []
     while step < cfg.steps:
         x, y, noise, t = _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps, draw)
         x = to_model_range(x.to(dev, non_blocking=True))
@@ -184,7 +184,7 @@ def train_ddpm(
         if writer is not None:
             writer.log({"generator/loss": value, "generator/lr": lr_sched.get_last_lr()[0]}, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(acc, ckpt_root, step, fp, cfg, base, ema, names, opt, lr_sched, g)
+            _save_checkpoint(acc, ckpt_root, step, fp, cfg, base, ema, names, opt, lr_sched, g, losses)
         if stop_after is not None and step >= stop_after and step < cfg.steps:
             raise SimulatedInterrupt(f"stopped after step {step}")
     if bar is not None:
@@ -205,7 +205,8 @@ def train_ddpm(
 
 
 def _save_checkpoint(acc: Any, root: Path, step: int, fp: str, cfg: DDPMConfig, base: torch.nn.Module,
-                     ema: Any, names: list[str], opt: Any, lr_sched: Any, g: torch.Generator) -> None:
+                     ema: Any, names: list[str], opt: Any, lr_sched: Any, g: torch.Generator,
+                     losses: list[float] | None = None) -> None:
     """Every rank writes its RNG state into the temp folder; the main process writes the rest and commits."""
     tmp = root / f"{st.TMP_CKPT_PREFIX}{step:07d}"
     if acc.is_main_process:
@@ -221,14 +222,15 @@ def _save_checkpoint(acc: Any, root: Path, step: int, fp: str, cfg: DDPMConfig, 
         st.save_tensors(tmp / "ema.safetensors", dict(zip(names, ema.shadow_params)))
         ema_meta = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
         st.save_state(tmp, "train", {"optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
-                                     "ema": ema_meta, "step": step})
+                                     "ema": ema_meta, "step": step, "losses": list(losses or [])})
         st.commit_checkpoint(root, tmp, step, {"step": step, "fingerprint": fp, "world_size": acc.num_processes},
                              cfg.keep_checkpoints)
     acc.wait_for_everyone()
 
 
 def _load_checkpoint(path: Path, fp: str, base: torch.nn.Module, ema: Any, names: list[str], opt: Any,
-                     lr_sched: Any, g: torch.Generator, rank: int) -> int:
+                     lr_sched: Any, g: torch.Generator, rank: int, losses: list[float] | None = None) -> int:
+    """Restore a checkpoint; returns its step and refills ``losses`` with the loss of every step before it."""
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     if meta.get("fingerprint") != fp:
         raise UserError(f"checkpoints in {path.parent} come from another generator config or other training "
@@ -245,4 +247,6 @@ def _load_checkpoint(path: Path, fp: str, base: torch.nn.Module, ema: Any, names
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+    if losses is not None:
+        losses[:] = [float(v) for v in state.get("losses", [])]
     return int(state["step"])

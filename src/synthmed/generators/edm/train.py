@@ -121,9 +121,10 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
         st.clean_temp_checkpoints(root)
     acc.wait_for_everyone()
     step = 0
+    losses: list[float] = []  # every step's loss (refilled from the checkpoint on resume)
     found = st.list_checkpoints(root)
     if found:
-        step = _load_checkpoint(found[-1][1], fp, base, ema, names, opt, lr_sched, g, rank)
+        step = _load_checkpoint(found[-1][1], fp, base, ema, names, opt, lr_sched, g, rank, losses)
     resumed_from = step
     bar = None
     if progress and acc.is_main_process and step < cfg.steps:
@@ -137,7 +138,6 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
             return unet(x, c_noise, class_labels=y).sample
 
     unet.train()
-    losses: list[float] = []
     while step < cfg.steps:
         x, y, noise, z = _batch(data, labels, draws, g, cfg, null_class)
         loss = training_loss(net, sched, to_model_range(x.to(dev)), y.to(dev), noise.to(dev), z, cfg.p_mean, cfg.p_std)
@@ -156,7 +156,7 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
         if tracker is not None and acc.is_main_process:
             tracker.log({"generator/loss": value, "generator/lr": lr_sched.get_last_lr()[0]}, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(acc, root, step, fp, cfg, base, ema, names, opt, lr_sched, g)  # type: ignore[arg-type]
+            _save_checkpoint(acc, root, step, fp, cfg, base, ema, names, opt, lr_sched, g, losses)  # type: ignore[arg-type]
         if stop_after is not None and stop_after <= step < cfg.steps:
             raise SimulatedInterrupt(f"stopped after step {step}")
     if bar is not None:
