@@ -50,6 +50,10 @@ def test_audit_flags_planted_copy_and_none_of_distinct(sets: dict[str, ImageSet]
     assert np.flatnonzero(res.flags).tolist() == [5, 9]
     assert res.summary["flagged_fraction"] == pytest.approx(2 / 40)
     assert res.rows[5]["nn_pixel_id"] == "train/17" and res.rows[5]["copy"] is True
+    labels = _set(images, "syn").labels
+    per = res.summary["per_label"]
+    assert sum(v["flagged"] for v in per.values()) == 2 and sum(v["n"] for v in per.values()) == 40
+    assert per[str(int(labels[5]))]["flagged"] >= 1 and per[str(int(labels[9]))]["flagged"] >= 1
     assert res.summary["pixel_distance"]["synthetic_to_train"]["q00"] == 0.0
     assert res.thresholds["pixel"] == pytest.approx(np.quantile(memorization.pixel_nearest(
         sets["val"].images, sets["train"].images)[0], 0.01))

@@ -147,6 +147,10 @@ def audit(
         "copy_space": quality_cfg.copy_space, "copy_quantile": quality_cfg.copy_quantile, "thresholds": thr,
         "flagged": int(flags.sum()), "flagged_fraction": float(flags.mean()) if len(flags) else 0.0,
         "pixel_distance": {"synthetic_to_train": quantiles(syn_pd), "real_val_to_train": quantiles(ref_pd)},
+        # per class (label index): where copies concentrate, e.g. a 10-image class the generator drew often
+        "per_label": {str(int(c)): {"n": int((synthetic.labels == c).sum()),
+                                    "flagged": int(flags[synthetic.labels == c].sum())}
+                      for c in np.unique(synthetic.labels)},
     }
     if syn_fd is not None:
         summary["feature_distance"] = {"synthetic_to_train": quantiles(syn_fd),

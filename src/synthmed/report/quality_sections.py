@@ -125,6 +125,7 @@ def per_class_quality(q: dict[str, Any]) -> str:
     classes = [str(c) for c in q.get("classes") or list(blocks["synthetic_all"])]
     cas = q.get("cas") if isinstance(q.get("cas"), dict) else {}
     syn_rec = (cas.get("synthetic_only") or {}).get("per_class_recall") or []
+    mem = ((q.get("memorization") or {}).get("per_label") or {}) if isinstance(q.get("memorization"), dict) else {}
     real_rec = (cas.get("real_only") or {}).get("per_class_recall") or []
     if not classes or not any(blocks.values()):
         return ""
@@ -134,8 +135,9 @@ def per_class_quality(q: dict[str, Any]) -> str:
         rows.append([escape(c), fmt(allb.get("n_real")), fmt(allb.get("n_fake")), fmt(ref.get("fid"), 1),
                      fmt(allb.get("fid"), 1), fmt(kept.get("fid"), 1), fmt(allb.get("precision")),
                      fmt(allb.get("recall")), fmt(syn_rec[i] if i < len(syn_rec) else None),
-                     fmt(real_rec[i] if i < len(real_rec) else None)])
+                     fmt(real_rec[i] if i < len(real_rec) else None),
+                     fmt((mem.get(str(i)) or {}).get("flagged"))])
     return ("<h3 id=per-class-quality>Per class</h3><p class=note>FID per class uses few images (n shown): compare "
             "a class only with its own real reference.</p>"
             + table(["class", "n real", "n synthetic", "FID real ref.", "FID all", "FID kept", "precision",
-                     "recall", "CAS recall (synthetic-trained)", "recall (real-trained)"], rows))
+                     "recall", "CAS recall (synthetic-trained)", "recall (real-trained)", "copies flagged"], rows))
