@@ -145,17 +145,16 @@ def _confusion(seed_dir: Path, metrics: dict[str, Any]) -> np.ndarray | None:
 
 def load_classifiers(run_dir: Path) -> ClassifierRuns:
     runs = ClassifierRuns()
-    root = RunLayout(run_dir).classifiers
+    layout = RunLayout(run_dir)
+    root = layout.classifiers
     if not root.is_dir():
         return runs
     for pdir in sorted(p for p in root.iterdir() if p.is_dir()):
         for sdir in sorted(pdir.glob("seed*")):
-            raw = read_json(RunLayout(run_dir).classifier_metrics(pdir.name, int(sdir.name[4:]))
-                            if sdir.name[4:].isdigit() else None)
-            try:
-                seed = int(sdir.name[4:])
-            except ValueError:
+            if not sdir.name[4:].isdigit():
                 continue
+            seed = int(sdir.name[4:])
+            raw = read_json(layout.classifier_metrics(pdir.name, seed))
             if not isinstance(raw, dict):
                 continue
             m = test_metrics(raw)
