@@ -22,6 +22,8 @@ VARIANTS: dict[str, list[str]] = {
     "ddpm-v": ["generator.kind=ddpm", "generator.ddpm.prediction_type=v_prediction"],
     "ddpm-v-cp0.5": ["generator.kind=ddpm", "generator.ddpm.prediction_type=v_prediction",
                      "generator.ddpm.class_power=0.5"],
+    "ddpm-v-cp0": ["generator.kind=ddpm", "generator.ddpm.prediction_type=v_prediction",
+                   "generator.ddpm.class_power=0"],
     "edm": ["generator.kind=edm"],
     "edm-cp0.5": ["generator.kind=edm", "generator.edm.class_power=0.5"],
     "edm-cp0": ["generator.kind=edm", "generator.edm.class_power=0"],

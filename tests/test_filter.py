@@ -74,7 +74,8 @@ def test_manifest_rows_and_stats() -> None:
     assert original[1]["kept"] is True and rows[0]["prompt"] == "p"  # inputs untouched, other columns kept
     s = filtering.filter_stats(labels, r, ["a", "b"])
     assert s["overall"] == {"generated": 3, "kept": 2, "kept_fraction": 2 / 3,
-                            "dropped": {"memorized_copy": 0, "low_confidence": 1, "near_duplicate": 0}}
+                            "dropped": {"memorized_copy": 0, "low_confidence": 1,
+                                                                   "far_from_prototype": 0, "near_duplicate": 0}}
     assert s["per_class"]["a"]["kept"] == 1 and s["vetted"] is True
 
 
@@ -117,3 +118,41 @@ def test_per_class_confidence_config() -> None:
     assert FilterConfig(per_class_confidence="real_val", real_val_quantile=0.2).real_val_quantile == 0.2
     with pytest.raises(ValidationError):
         FilterConfig(per_class_confidence="sometimes")
+
+
+def test_vetting_imbalance_picks_the_vetting_classifiers_long_tail_method() -> None:
+    from synthmed.config import load_config, with_overrides
+    from synthmed.quality.stage import vetting_config
+
+    cfg = load_config(None, [])
+    la = vetting_config(with_overrides(cfg, {"filter.vetting_imbalance": "logit_adjustment"}))
+    assert la.imbalance.method == "logit_adjustment" and la.imbalance.prior == "real"
+    mixed = with_overrides(cfg, {"imbalance.method": "balanced_softmax", "imbalance.prior": "real_plus_synthetic",
+                                 "filter.vetting_imbalance": "balanced_softmax"})
+    assert vetting_config(mixed).imbalance.prior == "real", "the vetting classifier sees real images only"
+    none = vetting_config(with_overrides(cfg, {"filter.vetting_imbalance": "none"}))
+    assert none.imbalance.method == "none", "an explicit 'none' beats balanced_vetting"
+
+
+def test_prototype_thresholds_and_distances() -> None:
+    feats = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0], [12.0, 10.0]])
+    labels = np.array([0, 0, 1, 1])
+    cent = filtering.class_centroids(feats, labels, 3)
+    assert cent[:2].tolist() == [[1.0, 0.0], [11.0, 10.0]] and np.isnan(cent[2]).all()
+    d = filtering.prototype_distance(np.array([[1.0, 3.0], [11.0, 10.0]]), np.array([0, 1]), cent)
+    assert np.allclose(d, [3.0, 0.0])
+    thr = filtering.prototype_thresholds(np.array([1.0, 2.0, 3.0, 0.5]), np.array([0, 0, 0, 1]), 3, quantile=1.0)
+    assert thr[0] == 3.0 and thr[1] == 0.5 and np.isinf(thr[2]), "a class without val images is never cut"
+
+
+def test_decide_drops_far_from_prototype_after_confidence_and_before_duplicates() -> None:
+    cfg = FilterConfig(min_confidence=0.5)
+    labels = np.array([0, 0, 0, 1])
+    conf = np.array([0.9, 0.1, 0.9, 0.9])
+    dist = np.array([5.0, 9.0, 1.0, 9.0])
+    vec = np.array([[0.0], [0.0], [0.0], [5.0]])  # 0 and 2 are duplicates; 0 is far -> 2 survives
+    r = filtering.decide(_ids(4), labels, conf, cfg, dup_vectors=vec, dup_threshold=0.1, prototype_dist=dist,
+                         prototype_thr=np.array([2.0, 10.0]))
+    assert r.reasons == ["far_from_prototype", "low_confidence", "", ""]
+    stats = filtering.filter_stats(labels, r, ["a", "b"])
+    assert stats["per_class"]["a"]["dropped"]["far_from_prototype"] == 1

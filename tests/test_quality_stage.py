@@ -138,3 +138,19 @@ def test_per_class_thresholds_from_real_val(run: tuple[Path, Path]) -> None:
         elif r["filter_reason"] in ("", "near_duplicate"):
             assert not below
     assert any(r["kept"] for r in rows), "tau = 0.99 alone would keep (almost) nothing"
+
+
+def test_prototype_filter_with_logit_adjusted_vetting(run: tuple[Path, Path]) -> None:
+    cfg_path, run_dir = run
+    args = ["--set", "filter.prototype=real_val", "--set", "filter.prototype_quantile=0.5",
+            "--set", "filter.vetting_imbalance=logit_adjustment", "--set", "filter.min_confidence=0.0"]
+    assert main(["quality", str(cfg_path), "-o", str(run_dir), *args]) == 0
+    q = json.loads((run_dir / "quality" / "quality.json").read_text())
+    proto = q["filter"]["prototype"]
+    assert q["filter"]["vetting_imbalance"] == "logit_adjustment"
+    assert set(proto["class_thresholds"]) == set(q["classes"]) and proto["threshold_from"] == "real val"
+    rows = SyntheticSet(run_dir).read_manifest()
+    far = [r for r in rows if r["filter_reason"] == "far_from_prototype"]
+    # noisy reversed copies sit farther from the centroid than half of the real val images of their class
+    assert far and q["filter"]["overall"]["dropped"]["far_from_prototype"] == len(far)
+    assert not any(r["filter_reason"] == "low_confidence" for r in rows), "tau 0 drops nothing for confidence"

@@ -91,15 +91,46 @@ def cached_classifier(cfg: Config, train: ImageSet, val: ImageSet, n_classes: in
 def vetting_config(cfg: Config) -> Config:
     """The recipe of the real-data classifier that vets synthetic images (and gives the classifier feature space).
 
-    ``filter.balanced_vetting`` (default) trains it with class-balanced resampling when ``imbalance.method`` is
-    ``none``: measured on long-tailed BloodMNIST, a plain classifier kept 0-2% of the tail-class images at tau 0.5
-    while keeping 90-100% of the head classes (BENCHMARKS.md, the long-tail study).
+    ``filter.vetting_imbalance`` picks its long-tail method; ``auto`` (default) with ``filter.balanced_vetting``
+    trains it with class-balanced resampling when ``imbalance.method`` is ``none``: measured on long-tailed
+    BloodMNIST, a plain classifier kept 0-2% of the tail-class images at tau 0.5 while keeping 90-100% of the head
+    classes (BENCHMARKS.md, the long-tail study). Count-based methods use the real class counts.
     """
-    if cfg.filter.balanced_vetting and cfg.imbalance.method == "none":
-        from synthmed.config import with_overrides
+    from synthmed.config import with_overrides
 
-        return with_overrides(cfg, {"imbalance.method": "resample"})
-    return cfg
+    method = cfg.filter.vetting_imbalance
+    if method == "auto":
+        if not (cfg.filter.balanced_vetting and cfg.imbalance.method == "none"):
+            return cfg
+        method = "resample"
+    if method == cfg.imbalance.method and cfg.imbalance.prior == "real":
+        return cfg
+    return with_overrides(cfg, {"imbalance.method": method, "imbalance.prior": "real"})
+
+
+def _prototype_rule(cfg: Config, clf: Any, clf_fp: str, extractor: Any, cache: FeatureCache, real: RealData,
+                    syn: ImageSet, f_syn: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """Distances of the synthetic images to their class's real-train centroid in the vetting classifier's feature
+    space, the per-class thresholds from real val, and a summary; None when ``filter.prototype`` is off."""
+    from synthmed.metrics.features import ClassifierExtractor
+
+    f = cfg.filter
+    if f.prototype == "off" or not f.enabled:
+        return None
+    if extractor.name != "classifier":
+        extractor = ClassifierExtractor(clf, clf_fp)
+        f_syn = cache.extract(extractor, syn.images)
+    C = real.n_classes
+    cent = filtering.class_centroids(cache.extract(extractor, real.train.images), real.train.labels, C)
+    val_d = filtering.prototype_distance(cache.extract(extractor, real.val.images), real.val.labels, cent)
+    thr = filtering.prototype_thresholds(val_d, real.val.labels, C, f.prototype_quantile)
+    dist = filtering.prototype_distance(f_syn, syn.labels, cent)
+    names = list(real.classes)
+    summary = {"space": "vetting classifier", "reference": "real train centroids", "threshold_from": "real val",
+               "quantile": f.prototype_quantile, "class_thresholds": dict(zip(names, thr.tolist())),
+               "median_distance_per_class": {n: (float(np.median(dist[syn.labels == c]))
+                                                 if (syn.labels == c).any() else None) for c, n in enumerate(names)}}
+    return dist, thr, summary
 
 
 def _cap(s: ImageSet, cap: int | None, seed: int) -> ImageSet:
@@ -207,7 +238,9 @@ def run_quality(cfg: Config, run_dir: str | Path, data: RealData | None = None) 
     if f.per_class_confidence == "real_val":
         val_conf = filtering.intended_confidence(clf.predict_proba(real.val.images), real.val.labels)
         thresholds = filtering.class_thresholds(val_conf, real.val.labels, C, f.min_confidence, f.real_val_quantile)
-    decision = filtering.decide(syn_set_ids(rows), syn.labels, conf, f, audit.flags, dup_vec, dup_thr, thresholds)
+    proto = _prototype_rule(cfg, clf, clf_fp, extractor, cache, real, syn, f_syn)
+    decision = filtering.decide(syn_set_ids(rows), syn.labels, conf, f, audit.flags, dup_vec, dup_thr, thresholds,
+                                proto[0] if proto else None, proto[1] if proto else None)
     syn_set.write_manifest(filtering.apply_to_manifest(rows, decision, conf))
     out["vetted"] = decision.vetted
     if not decision.vetted:
@@ -215,7 +248,9 @@ def run_quality(cfg: Config, run_dir: str | Path, data: RealData | None = None) 
     out["filter"] = {**filtering.filter_stats(syn.labels, decision, classes), "min_confidence": f.min_confidence,
                      "per_class_confidence": f.per_class_confidence,
                      "class_thresholds": (dict(zip(classes, thresholds.tolist())) if thresholds is not None else None),
-                     "near_duplicate": {"space": f.near_duplicate_space, "threshold": dup_thr}}
+                     "near_duplicate": {"space": f.near_duplicate_space, "threshold": dup_thr},
+                     "vetting_imbalance": vet_cfg.imbalance.method,
+                     "prototype": proto[2] if proto else None}
     out["confidence"] = {"model": "real_classifier", "test_of_real_classifier": trtr,
                          "mean_per_class": {n: float(conf[syn.labels == c].mean()) if (syn.labels == c).any() else None
                                             for c, n in enumerate(classes)}}

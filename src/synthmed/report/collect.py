@@ -124,6 +124,12 @@ class ClassifierRuns:
     def summary(self, policy: str, metric: str = PRIMARY) -> tuple[float, float, float, int]:
         return mean_ci(list(self.values(policy, metric).values()))
 
+    def val_mean(self, policy: str, metric: str = PRIMARY) -> float:
+        """Mean over seeds of the policy's real-val ``metric`` (NaN when a metrics.json has no ``val`` block)."""
+        vals = [as_float((m.get("val") or {}).get(metric)) if isinstance(m.get("val"), dict) else math.nan
+                for m in self.raw.get(policy, {}).values()]
+        return float(np.mean(vals)) if vals else math.nan
+
 
 def _confusion(seed_dir: Path, metrics: dict[str, Any]) -> np.ndarray | None:
     if isinstance(metrics.get("confusion"), list):
@@ -235,13 +241,18 @@ def usage_note(policy: str, usage: dict[str, Any] | None) -> str | None:
 
 
 def headline(runs: ClassifierRuns, kinds: dict[str, str], metric: str = PRIMARY) -> dict[str, Any] | None:
-    """Best synthetic policy vs real-only vs best classical baseline, with paired differences."""
+    """Best synthetic policy vs real-only vs best classical baseline, with paired differences on real test.
+
+    "Best" is chosen on real val (mean over seeds of the val ``metric``), never on test; only when some candidate
+    has no val figures (old metrics.json files) does it fall back to test, and ``chosen_on`` says so."""
     if not runs.metrics:
         return None
+    cands_all = [p for p in runs.metrics if kinds.get(p) in ("synthetic", "real_only", "classical")]
+    on_val = bool(cands_all) and all(math.isfinite(runs.val_mean(p, metric)) for p in cands_all)
 
     def best(kind: str) -> str | None:
         cands = [p for p in runs.metrics if kinds.get(p) == kind]
-        scored = [(runs.summary(p, metric)[0], p) for p in cands]
+        scored = [((runs.val_mean(p, metric) if on_val else runs.summary(p, metric)[0]), p) for p in cands]
         scored = [(m, p) for m, p in scored if math.isfinite(m)]
         return max(scored)[1] if scored else None
 
@@ -251,14 +262,15 @@ def headline(runs: ClassifierRuns, kinds: dict[str, str], metric: str = PRIMARY)
         if policy is None:
             continue
         m, lo, hi, n = runs.summary(policy, metric)
-        rows.append({"role": role, "policy": policy, "mean": m, "lo": lo, "hi": hi, "n": n})
+        rows.append({"role": role, "policy": policy, "mean": m, "lo": lo, "hi": hi, "n": n,
+                     "val_mean": runs.val_mean(policy, metric)})
     diffs = []
     syn = picks["best synthetic"]
     for other in ("real only", "best classical"):
         if syn and picks[other]:
             d = paired_difference(runs.values(syn, metric), runs.values(picks[other], metric))
             diffs.append({"a": syn, "b": picks[other], "role": other, **d})
-    return {"metric": metric, "rows": rows, "diffs": diffs}
+    return {"metric": metric, "rows": rows, "diffs": diffs, "chosen_on": "val" if on_val else "test"}
 
 
 def load_results(run_dir: Path) -> Any:

@@ -82,7 +82,11 @@ def _headline_section(runs: collect.ClassifierRuns, kinds: dict[str, str],
         return absent("no trained classifiers (RUN_DIR/classifiers/<policy>/seed<k>/metrics.json).")
     metric = head["metric"]
     rows = [[escape(r["role"]), escape(r["policy"]), ci(r["mean"], r["lo"], r["hi"], r["n"])] for r in head["rows"]]
-    body = f"<p>Primary metric: <b>{escape(metric)}</b> on the real-only test set; mean [95% CI] over seeds.</p>"
+    chosen = ("the best policy of each kind is chosen on real val (mean val " + escape(metric) + "), then scored on test"
+              if head.get("chosen_on") == "val" else
+              "some runs have no real-val figures, so the best of each kind was picked on test (optimistic)")
+    body = (f"<p>Primary metric: <b>{escape(metric)}</b> on the real-only test set; mean [95% CI] over seeds; "
+            f"{chosen}.</p>")
     body += table(["", "policy", metric], rows, left=2)
     for d in head["diffs"]:
         verdict = "inconclusive"

@@ -22,6 +22,13 @@ class FilterConfig(BaseModel):
     balanced_vetting: bool = Field(
         True, description="train the vetting classifier with class-balanced resampling when imbalance.method is none "
                           "(a plain classifier on long-tailed data rejects the tail-class images that matter most)")
+    vetting_imbalance: Literal["auto", "none", "resample", "logit_adjustment", "balanced_softmax"] = Field(
+        "auto", description="long-tail method of the vetting classifier; auto = resample when balanced_vetting and "
+                            "imbalance.method is none, else imbalance.method")
+    prototype: Literal["off", "real_val"] = Field(
+        "off", description="real_val: also drop an image whose vetting-classifier features lie farther from its "
+                           "class's real-train centroid than the prototype_quantile of real val images of that class")
+    prototype_quantile: float = Field(0.95, gt=0.0, le=1.0, description="quantile for prototype=real_val")
     drop_near_duplicates: bool = True
     drop_copies: bool = True
     near_duplicate_space: Literal["pixel", "feature"] = "pixel"

@@ -4,8 +4,10 @@ An image is dropped, with the first reason that applies, when it is
 1. ``memorized_copy``: flagged by the memorization audit (``filter.drop_copies``);
 2. ``low_confidence``: a classifier trained on real data gives its intended class a probability below the class's
    threshold (``min_confidence``, or a per-class threshold from ``class_thresholds``);
-3. ``near_duplicate``: it lies within the duplicate threshold of an earlier (by id) image of the same class that is
-   still kept (``filter.drop_near_duplicates``). Duplicates are resolved among survivors of 1-2, so a good image is
+3. ``far_from_prototype``: its feature vector lies farther from its class's real centroid than the class's
+   prototype threshold (``prototypes``/``prototype_thresholds``: ``filter.prototype: real_val``);
+4. ``near_duplicate``: it lies within the duplicate threshold of an earlier (by id) image of the same class that is
+   still kept (``filter.drop_near_duplicates``). Duplicates are resolved among survivors of 1-3, so a good image is
    never dropped because its twin was bad.
 With ``filter.enabled: false`` every image is kept; confidences are still recorded.
 """
@@ -20,8 +22,9 @@ import numpy as np
 
 REASON_COPY = "memorized_copy"
 REASON_LOW_CONFIDENCE = "low_confidence"
+REASON_PROTOTYPE = "far_from_prototype"
 REASON_DUPLICATE = "near_duplicate"
-REASONS = (REASON_COPY, REASON_LOW_CONFIDENCE, REASON_DUPLICATE)
+REASONS = (REASON_COPY, REASON_LOW_CONFIDENCE, REASON_PROTOTYPE, REASON_DUPLICATE)
 
 
 @dataclass
@@ -72,13 +75,49 @@ def class_thresholds(real_conf: np.ndarray, real_labels: np.ndarray, n_classes: 
     return out
 
 
+def class_centroids(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mean feature vector of each class (NaN rows for a class without members)."""
+    features = np.asarray(features, np.float64)
+    labels = np.asarray(labels, np.int64)
+    out = np.full((n_classes, features.shape[1]), np.nan)
+    for c in range(n_classes):
+        if (labels == c).any():
+            out[c] = features[labels == c].mean(0)
+    return out
+
+
+def prototype_distance(features: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each feature vector to the centroid of its own (intended) class."""
+    features = np.asarray(features, np.float64)
+    labels = np.asarray(labels, np.int64)
+    if not len(labels):
+        return np.zeros(0)
+    return np.sqrt(((features - centroids[labels]) ** 2).sum(1))
+
+
+def prototype_thresholds(val_distance: np.ndarray, val_labels: np.ndarray, n_classes: int,
+                         quantile: float) -> np.ndarray:
+    """Per-class distance thresholds: the ``quantile`` of real val images' distances to their class centroid
+    (a class without real val images gets +inf: no image of it is dropped for distance)."""
+    val_distance = np.asarray(val_distance, np.float64)
+    val_labels = np.asarray(val_labels, np.int64)
+    out = np.full(n_classes, np.inf)
+    for c in range(n_classes):
+        member = val_distance[val_labels == c]
+        if len(member):
+            out[c] = float(np.quantile(member, quantile))
+    return out
+
+
 def decide(
     ids: Sequence[str], labels: np.ndarray, confidences: np.ndarray, filter_cfg: Any,
     copy_flags: np.ndarray | None = None, dup_vectors: np.ndarray | None = None, dup_threshold: float | None = None,
-    thresholds: np.ndarray | None = None,
+    thresholds: np.ndarray | None = None, prototype_dist: np.ndarray | None = None,
+    prototype_thr: np.ndarray | None = None,
 ) -> FilterResult:
     """Keep/drop each image (see the module docstring); ``dup_vectors`` are pixel or feature vectors;
-    ``thresholds`` (one per class) replace ``filter_cfg.min_confidence`` when given."""
+    ``thresholds`` (one per class) replace ``filter_cfg.min_confidence`` when given; ``prototype_dist`` (per image)
+    and ``prototype_thr`` (per class) switch on the prototype-distance rule."""
     n = len(ids)
     labels = np.asarray(labels, np.int64)
     conf = np.asarray(confidences, np.float64)
@@ -95,6 +134,10 @@ def decide(
            else np.full(n, float(filter_cfg.min_confidence)))
     for i in np.flatnonzero(conf < tau):
         reasons[i] = reasons[i] or REASON_LOW_CONFIDENCE
+    if prototype_dist is not None and prototype_thr is not None:
+        far = np.asarray(prototype_dist, np.float64) > np.asarray(prototype_thr, np.float64)[labels]
+        for i in np.flatnonzero(far):
+            reasons[i] = reasons[i] or REASON_PROTOTYPE
     if filter_cfg.drop_near_duplicates and dup_vectors is not None and dup_threshold is not None:
         order = sorted(range(n), key=lambda i: ids[i])
         rank = {i: r for r, i in enumerate(order)}
