@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+#: ``../shared`` next to the repository; ``SYNTHMED_SHARED_DIR=/nonexistent`` simulates a fresh clone without it
+SHARED_DIR = Path(os.environ.get("SYNTHMED_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from synthmed.classifiers.config import ClassifierConfig, ClipConfig
-from synthmed.classifiers.models import LoRAQV, build_model
+from synthmed.classifiers.models import LoRAAttention, LoRAQV, build_model
 from synthmed.classifiers.train import TrainedClassifier, fit_classifier
 from synthmed.classifiers.transforms import augment
 from synthmed.config import load_config
@@ -45,8 +45,8 @@ def test_tiny_clip_forward_backward(head: str) -> None:
     net, info = build_model(cc, in_channels=1, size=16, n_classes=3, class_names=["a", "b", "c"])
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     if head == "lora":
-        assert trainable and all(".parametrizations.in_proj_weight.0." in n for n in trainable)
-        assert any(isinstance(m, LoRAQV) for m in net.modules())
+        assert trainable and all(".attn.lora." in n for n in trainable)
+        assert any(isinstance(m, LoRAAttention) for m in net.modules())
     else:
         assert trainable == {"head.weight", "head.bias"}
     x = torch.rand(4, 1, 16, 16)
@@ -61,8 +61,8 @@ def test_lora_only_touches_q_and_v() -> None:
     lora = LoRAQV(4, 2, 4.0)
     torch.nn.init.normal_(lora.b_q)
     torch.nn.init.normal_(lora.b_v)
-    w = torch.zeros(12, 4)
-    out = lora(w)
+    out = lora.delta_weight()
+    assert out.shape == (12, 4)
     assert out[:4].abs().sum() > 0 and out[4:8].abs().sum() == 0 and out[8:].abs().sum() > 0
 
 

@@ -58,3 +58,13 @@ def test_with_overrides_copies() -> None:
     base = Config()
     new = with_overrides(base, {"mix.policy": "ratio", "mix.ratio": 0.3})
     assert base.mix.policy == "real_only" and new.mix.policy == "ratio" and new.mix.ratio == 0.3
+
+
+def test_with_overrides_keeps_defaults_unset() -> None:
+    """A preset's architecture must not change because a copy marked every default as explicitly set."""
+    from synthmed.generators.ddpm.model import resolve_arch
+
+    cfg = load_config(None, ["generator.ddpm.preset=XS"])
+    copy = with_overrides(cfg, {"seed": 1})
+    assert copy.generator.ddpm.model_fields_set == cfg.generator.ddpm.model_fields_set
+    assert resolve_arch(copy.generator.ddpm)["layers_per_block"] == 1

@@ -133,3 +133,50 @@ def test_ranks_of_one_launched_command_share_rank_zeros_lock(tmp_path, monkeypat
         with pytest.raises(Exception, match="in use by"):
             with run_lock(run, "generate"):
                 pass
+
+
+def test_shard_probe_waits_for_a_brief_hold_and_refuses_a_long_one(tmp_path: Path) -> None:
+    """A shard probes the main lock with a short wait (SLURM array tasks starting together probe it at once): a
+    hold shorter than the wait is waited out, a whole-directory writer is still refused, after <= ~2 s."""
+    from synthmed.lock import PROBE_TIMEOUT_S
+
+    assert 0 < PROBE_TIMEOUT_S <= 2.0
+    run = tmp_path / "run"
+    brief = _start_holder(run, 0.5)
+    try:
+        start = time.monotonic()
+        with run_lock(run, "sweep", shard=0):
+            waited = time.monotonic() - start
+    finally:
+        brief.kill()
+        brief.wait()
+    assert waited < PROBE_TIMEOUT_S + 0.5
+    long = _start_holder(run, 60.0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(RunDirLockedError, match=f"PID {long.pid}"):
+            with run_lock(run, "sweep", shard=1):
+                pass
+        took = time.monotonic() - start
+    finally:
+        long.kill()
+        long.wait()
+    assert PROBE_TIMEOUT_S - 0.1 <= took <= PROBE_TIMEOUT_S + 1.5
+    assert not sidecar_path(lock_path(run, 1)).exists(), "the refused shard released its own lock"
+
+
+def test_stage_verbs_print_their_last_line_on_rank_zero_only(monkeypatch, capsys) -> None:
+    """``accelerate launch`` / torchrun start the command once per process: one line, not one per rank."""
+    from synthmed.cli import _echo_main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    _echo_main("generator saved to x")
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    _echo_main("generator saved to x")
+    assert capsys.readouterr().out == "generator saved to x\n"
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    _echo_main("trained 1 classifier(s)")
+    assert capsys.readouterr().out == "trained 1 classifier(s)\n"

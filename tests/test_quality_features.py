@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DIR
 
 from synthmed.errors import UserError
 from synthmed.metrics import features
 from synthmed.metrics.config import QualityConfig
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = SHARED_DIR  # ../shared, or SYNTHMED_SHARED_DIR
 INCEPTION = SHARED / "weights" / "fid-inception-v3-tf.torchscript.pt"
 BLOOD = SHARED / "data" / "bloodmnist.npz"
 

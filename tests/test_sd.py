@@ -311,3 +311,28 @@ def test_full_unet_recipe(tiny_sd, pbc_subset, tmp_path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(CLASSES) and rows[0]["adapter"] == "" and rows[0]["guidance"] == "7.5"
     assert rows[0]["prompt"] == "a medical image of a basophil"
+
+
+def test_default_sampler_options_and_parallel_setting():
+    """``generation.sampler: default`` with ``steps: null`` resolves to 50 steps (it raised KeyError); the
+    ``parallel`` setting is a validated config field that reaches the runtime."""
+    from pydantic import ValidationError
+
+    from synthmed.config import load_config
+    from synthmed.generators.base import SampleOptions
+    from synthmed.generators.sd_config import StableDiffusionConfig
+    from synthmed.generators.stable_diffusion.generator import StableDiffusionGenerator, settings_and_runtime
+
+    cfg = load_config(None, ["generator.kind=stable_diffusion", "generation.sampler=default", "generation.steps=null",
+                             "generator.stable_diffusion.parallel=data", "device=cpu"])
+    st, rt = settings_and_runtime(cfg, ["a", "b"])
+    assert rt.parallel == "data"
+    gen = StableDiffusionGenerator(cfg, ["a", "b"], st, rt)
+    opts = SampleOptions(sampler=cfg.generation.sampler, steps=cfg.generation.steps)
+    assert gen.options(opts) == ("default", 50, st.guidance)
+    assert gen.options(SampleOptions(sampler="default", steps=7))[:2] == ("default", 7)
+    assert [gen.options(SampleOptions(sampler=s))[1] for s in ("dpmpp", "ddim", "ddpm")] == [25, 50, 1000]
+    assert gen.options(None)[:2] == ("dpmpp", 25)
+    assert StableDiffusionConfig().parallel == "auto"
+    with pytest.raises(ValidationError):
+        StableDiffusionConfig(parallel="ranks")

@@ -1,5 +1,6 @@
-"""configs/smoke-sd.yaml end to end through the CLI, and multi-process generation (torchrun, 2 CPU processes, gloo)
-giving the same manifest and PNG bytes as the single-process run."""
+"""configs/smoke-sd.yaml end to end through the CLI (on a phantom stand-in for ``../shared/data/pbc-native``), and
+multi-process generation (torchrun, 2 CPU processes, gloo) giving the same manifest and PNG bytes as the
+single-process run."""
 
 from __future__ import annotations
 
@@ -11,17 +12,15 @@ import sys
 
 import numpy as np
 import pytest
-from test_sd_fixtures import PBC, REPO, tiny_sd  # noqa: F401
+from test_sd_fixtures import REPO, phantom_pbc, tiny_sd  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tiny_sd, tmp_path_factory):
-    if not PBC.is_dir():
-        pytest.skip(f"real data not available at {PBC}")
+def smoke_run(tiny_sd, phantom_pbc, tmp_path_factory):
     from synthmed.cli import main
 
     run = tmp_path_factory.mktemp("smoke") / "run"
-    base = ["--set", f"generator.stable_diffusion.base={tiny_sd}"]
+    base = ["--set", f"generator.stable_diffusion.base={tiny_sd}", "--set", f"data.source=folder:{phantom_pbc}"]
     cwd = os.getcwd()
     os.chdir(REPO)  # the config's data path is relative to the repository root
     try:

@@ -99,6 +99,14 @@ def _writer(cfg, out: Path, command: str, shard: int | None = None) -> Iterator[
         yield out
 
 
+def _echo_main(message: str) -> None:
+    """Print ``message`` once: on rank 0 of a command launched over several processes (torchrun / accelerate)."""
+    from synthmed.lock import _launched_rank
+
+    if _launched_rank() == 0:
+        typer.echo(message)
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 
@@ -172,7 +180,7 @@ def finetune(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: Strict
     from synthmed.generators.stage import finetune as run_finetune
     with _writer(cfg, out, "finetune") as run_dir:
         path = run_finetune(cfg, run_dir)
-    typer.echo(f"generator saved to {path}")
+    _echo_main(f"generator saved to {path}")
 
 
 @app.command()
@@ -182,7 +190,7 @@ def generate(config: ConfigArg, out: OutOpt, set_: SetOpt = None, strict: Strict
     from synthmed.generators.stage import generate as run_generate
     with _writer(cfg, out, "generate") as run_dir:
         path = run_generate(cfg, run_dir)
-    typer.echo(f"synthetic set in {path}")
+    _echo_main(f"synthetic set in {path}")
 
 
 @app.command()
@@ -211,7 +219,7 @@ def train(
     seed_list = _parse_seeds(seeds)
     with _writer(cfg, out, "train") as run_dir:
         rows = run_train(cfg, run_dir, policies=policy, seeds=seed_list, force=force)
-    typer.echo(f"trained {len(rows)} classifier(s) in {out / 'classifiers'}")
+    _echo_main(f"trained {len(rows)} classifier(s) in {out / 'classifiers'}")
 
 
 def _parse_seeds(seeds: str | None) -> list[int] | None:
@@ -253,21 +261,56 @@ def run(
     typer.echo(f"report: {report}")
 
 
+SLURM_FLAGS = {"partition": "--partition", "time_min": "--time", "gpus_per_job": "--gpus", "cpus_per_task": "--cpus",
+               "mem_gb": "--mem", "array_parallelism": "--array-parallelism", "shards": "--shards"}
+
+
 @app.command()
 def sweep(
     config: ConfigArg,
     out: OutOpt,
-    workers: Annotated[int, typer.Option(help="local parallel workers")] = 1,
+    workers: Annotated[int, typer.Option(help="parallel processes (per array task with --launcher slurm)")] = 1,
     shard: Annotated[Optional[str], typer.Option(help="i/n: run only shard i of n (0-based)")] = None,
+    launcher: Annotated[Optional[str], typer.Option(help="local | slurm: a SLURM job array through submitit (default: sweep.launcher)")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="slurm: wait for the jobs and merge their results (--no-wait: submit and return)")] = True,
+    merge: Annotated[bool, typer.Option("--merge", help="collect the finished shards' results into results.csv (trains nothing)")] = False,
+    partition: Annotated[Optional[str], typer.Option(help="slurm: partition (sweep.slurm.partition)")] = None,
+    time_min: Annotated[Optional[int], typer.Option("--time", help="slurm: time limit per job in minutes")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="slurm: GPUs per job")] = None,
+    cpus: Annotated[Optional[int], typer.Option(help="slurm: CPUs per task")] = None,
+    mem: Annotated[Optional[float], typer.Option(help="slurm: memory per job in GB")] = None,
+    array_parallelism: Annotated[Optional[int], typer.Option(help="slurm: at most this many array tasks at once")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="slurm: array tasks over the grid (default: one per classifier)")] = None,
     set_: SetOpt = None,
     strict: StrictOpt = False,
 ) -> None:
     """A grid over config keys sharing one generator and synthetic set; appends to RUN_DIR/results.csv."""
-    cfg = _config(config, set_, strict)
+    flags = dict(zip(SLURM_FLAGS, (partition, time_min, gpus, cpus, mem, array_parallelism, shards)))
+    given = {f"sweep.slurm.{k}": v for k, v in flags.items() if v is not None}
+    if launcher is not None:
+        given["sweep.launcher"] = launcher
+    # applied as overrides (JSON is YAML: a partition named "on" stays a string), not with_overrides(), which would
+    # mark every default as set and so change what a preset's defaults mean (e.g. the DDPM XS preset's layers)
+    cfg = _config(config, list(set_ or []) + [f"{k}={json.dumps(v)}" for k, v in given.items()], strict)
     from synthmed.pipeline.sweep import parse_shard, run_sweep
     shard_spec = parse_shard(shard)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    slurm = cfg.sweep.launcher == "slurm"
+    if shard_spec and (merge or slurm):
+        raise UserError("--shard runs one shard here; " + ("--merge collects every shard" if merge else
+                        "--launcher slurm splits the grid itself (--shards N)") + ": drop --shard")
+    if not slurm and not merge:
+        if not wait:
+            raise UserError("--no-wait needs --launcher slurm (a local sweep runs in this process)")
+        if used := [SLURM_FLAGS[k] for k, v in flags.items() if v is not None]:
+            raise UserError(f"{', '.join(used)}: SLURM settings, add --launcher slurm")
+    if merge or slurm:
+        from synthmed.pipeline.slurm import launch_sweep, merge_jobs  # each takes the run directory's lock itself
+        path = merge_jobs(cfg, out, wait=wait) if merge else launch_sweep(cfg, out, workers=workers, wait=wait)
+        if path is not None:
+            typer.echo(f"results: {path}")
+        return
     with _writer(cfg, out, "sweep", shard=shard_spec[0] if shard_spec else None) as run_dir:
         path = run_sweep(cfg, run_dir, workers=workers, shard=shard_spec)
     typer.echo(f"results: {path}")

@@ -39,6 +39,35 @@ class RunConfig(BaseModel):
     )
 
 
+class SlurmConfig(BaseModel):
+    """``synthmed sweep --launcher slurm``: the resources of each job of the array (submitted through submitit)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    cluster: Literal["slurm", "local"] = Field(
+        "slurm", description="slurm | local (the same jobs as local processes through submitit: to try a setup)")
+    partition: str | None = Field(None, description="SLURM partition (None = the cluster's default)")
+    time_min: int = Field(60, ge=1, description="time limit of one array task, in minutes")
+    upstream_time_min: int | None = Field(
+        None, ge=1, description="time limit of the job running the shared stages (finetune...); None = time_min")
+    gpus_per_job: int = Field(0, ge=0, description="GPUs per job (0 = none requested)")
+    cpus_per_task: int | None = Field(None, ge=1, description="CPUs per task (None = the cluster's default)")
+    mem_gb: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="memory per job in GB (None = the cluster's default)")
+    array_parallelism: int | None = Field(
+        None, ge=1, description="at most this many array tasks at once (None = submitit's default, 256)")
+    shards: int | None = Field(
+        None, ge=1, description="array tasks over the grid (None = one per classifier); each trains every N-th one")
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = Field(
+        default_factory=list, description="shell lines run before each job (module load ..., source .venv/bin/activate)")
+    additional: dict[str, Any] = Field(
+        default_factory=dict, description="more sbatch options, e.g. {exclude: node12} -> #SBATCH --exclude=node12")
+    poll_s: float = Field(30.0, gt=0, le=3600, description="seconds between job-state checks while waiting")
+
+
 class SweepConfig(BaseModel):
     """A grid over any config keys; the generator and synthetic set are shared by all grid points."""
 
@@ -48,6 +77,9 @@ class SweepConfig(BaseModel):
     policies: list[str] | None = Field(
         None, description="names from run.policies trained at every grid point (None = all of run.policies)"
     )
+    launcher: Literal["local", "slurm"] = Field(
+        "local", description="local (this machine) | slurm (the shards as a SLURM job array, see sweep.slurm)")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
 class Config(BaseModel):
@@ -232,8 +264,12 @@ def load_config(
 
 
 def with_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
-    """A copy of ``cfg`` with dotted overrides applied (values already parsed when given as a dict)."""
-    tree = cfg.model_dump(mode="json", by_alias=True)
+    """A copy of ``cfg`` with dotted overrides applied (values already parsed when given as a dict).
+
+    Only the fields the user set travel (``exclude_unset``): a default must stay a default in the copy, because
+    some settings read ``model_fields_set`` (a DDPM preset's layers_per_block, explicit flips in
+    ``data/orientation.py``)."""
+    tree = cfg.model_dump(mode="json", by_alias=True, exclude_unset=True)
     if isinstance(overrides, dict):
         for key, value in overrides.items():
             set_dotted(tree, key, value)

@@ -155,6 +155,21 @@ class RunLayout:
     def sweep_upstream(self, key: str) -> Path:
         return self.sweep / f"upstream-{key}"
 
+    @property
+    def sweep_jobs(self) -> Path:
+        """``--launcher slurm``: submitit's folder, one ``<job id>/`` per job with its logs (``*_log.out/err``)."""
+        return self.sweep / "slurm"
+
+    @property
+    def sweep_submission(self) -> Path:
+        """``--launcher slurm``: the jobs of the last submission (ids, shards), read by ``synthmed sweep --merge``."""
+        return self.sweep_jobs / "submission.json"
+
+    @property
+    def state_lock(self) -> Path:
+        """Held while ``pipeline/state.json`` is read-modified-written by concurrent sweep shards."""
+        return self.pipeline / "state.lock"
+
     def rel(self, path: Path) -> str:
         """``path`` relative to the run directory, with forward slashes (for state records)."""
         return Path(path).relative_to(self.root).as_posix()

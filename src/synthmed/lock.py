@@ -10,7 +10,8 @@ falls back to a marker file and breaks it when its owner is gone (same host, PID
 a dead process is reported with a ``warning:`` and taken over.
 
 Sweep shards (``--shard i/n``) each lock their own shard name (``<lock>.shard-i``) so shards on a shared filesystem
-run side by side; a shard refuses to start while a whole-directory writer holds the main lock, and a
+run side by side; a shard refuses to start while a whole-directory writer holds the main lock (it waits up to 2 s
+for it, so that shards probing it together do not refuse each other), and a
 whole-directory writer refuses to start while any shard holds its lock (each side takes its own lock, then tests
 the other's, so two racing starts cannot both pass).
 """
@@ -32,6 +33,10 @@ from filelock import FileLock, Timeout
 
 from synthmed.errors import UserError
 from synthmed.layout import RunLayout
+
+
+#: how long a sweep shard waits for the run directory's main lock when it probes it (see :func:`_probe`)
+PROBE_TIMEOUT_S = 2.0
 
 
 class RunDirLockedError(UserError):
@@ -112,11 +117,11 @@ def _holder_after_refusal(lock: Path) -> dict[str, Any] | None:
     return None
 
 
-def _take(lock: Path, run_dir: Path, command: str) -> FileLock:
-    """Acquire ``lock`` without waiting, or raise RunDirLockedError naming its holder."""
-    fl = FileLock(str(lock), timeout=0, thread_local=False)
+def _take(lock: Path, run_dir: Path, command: str, timeout: float = 0.0) -> FileLock:
+    """Acquire ``lock`` (waiting at most ``timeout`` seconds), or raise RunDirLockedError naming its holder."""
+    fl = FileLock(str(lock), timeout=timeout, thread_local=False)
     try:
-        fl.acquire(timeout=0)
+        fl.acquire(timeout=timeout)
     except Timeout:
         raise RunDirLockedError(f"run directory {run_dir} is in use by {describe(_holder_after_refusal(lock))}; "
                                 f"wait for it to finish or write to another directory (-o)") from None
@@ -124,8 +129,10 @@ def _take(lock: Path, run_dir: Path, command: str) -> FileLock:
 
 
 def _probe(lock: Path, run_dir: Path) -> None:
-    """Raise if ``lock`` is held by another process (takes it for an instant when free)."""
-    _take(lock, run_dir, "probe").release()
+    """Raise if ``lock`` is held by another process (takes it for an instant when free). Waits up to
+    ``PROBE_TIMEOUT_S``: shards starting together (a SLURM job array) probe the same lock and must not refuse each
+    other's instant hold; a real whole-directory writer holds it far longer and is still refused."""
+    _take(lock, run_dir, "probe", timeout=PROBE_TIMEOUT_S).release()
 
 
 def _launched_rank() -> int:
@@ -143,7 +150,8 @@ def run_lock(run_dir: str | os.PathLike[str], command: str, shard: int | None = 
     """Hold the writer lock of ``run_dir`` (created if needed) for the ``with`` block; yields the lock path.
 
     ``command`` names the verb for the holder record (``run``, ``train`` ...); ``shard`` locks one sweep shard
-    instead of the whole directory. Raises :class:`RunDirLockedError` (exit 2) at once when another process holds it.
+    instead of the whole directory. Raises :class:`RunDirLockedError` (exit 2) when another process holds it: at once,
+    or after at most ``PROBE_TIMEOUT_S`` for a shard whose whole directory is held.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -22,23 +22,49 @@ class AugmentConfig(_Strict):
 
 
 class ClipConfig(_Strict):
-    """The open_clip classifier: LoRA on attention q and v with cosine logits to class prompts, or a linear probe."""
+    """The open_clip classifier: q/v LoRA (image tower, optionally the text tower too) with cosine logits to class
+    prompts, or a linear probe."""
 
     arch: str = Field("ViT-B-16", description="open_clip model name (ViT-B-16 or ViT-B-32)")
     pretrained: str | None = Field(None, description="CLIP weights (safetensors, or a state dict with --trust-pickle)")
     head: Literal["lora", "linear_probe"] = "lora"
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0,
+                                description="dropout on the input of the LoRA path (CytoDiff: 0.1)")
+    lora_towers: list[Literal["image", "text"]] = Field(
+        default_factory=lambda: ["image"], min_length=1,
+        description="towers whose attention q/v get LoRA (head=lora); with text, the class-prompt embeddings are "
+                    "recomputed by the adapted text tower at every step (CytoDiff: [image, text])")
     prompt: str = Field("a microscopy image of a {}", description="class prompt; {} is the class name")
     model_cfg: dict[str, Any] | None = Field(None, description="custom open_clip model config (tests: tiny towers)")
+
+    @field_validator("lora_towers")
+    @classmethod
+    def _distinct_towers(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"classifier.clip.lora_towers lists a tower twice: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _text_lora_needs_prompts(self) -> ClipConfig:
+        if self.head == "linear_probe" and "text" in self.lora_towers:
+            raise ValueError("classifier.clip.lora_towers=[..., text] needs head=lora "
+                             "(a linear probe uses no text tower)")
+        return self
 
 
 class ClassifierConfig(_Strict):
     """The classifier and its training recipe."""
 
-    model: Literal["cnn", "resnet20", "resnet32", "resnet18", "resnet50", "clip"] = Field(
-        "resnet18", description="cnn (2 conv layers); resnet20/resnet32 (CIFAR-style, 16/32/64 channels, option-A "
-                                "shortcuts); resnet18/resnet50 (torchvision, see resnet_stem); clip (open_clip ViT)")
+    model: Literal["cnn", "oct_cnn", "resnet20", "resnet32", "resnet18", "resnet50", "clip"] = Field(
+        "resnet18", description="cnn (2 conv layers); oct_cnn (the OCT study's net: 3 convs 16/32/64, FC 128); "
+                                "resnet20/resnet32 (CIFAR-style, 16/32/64 channels, option-A shortcuts); "
+                                "resnet18/resnet50 (torchvision, see resnet_stem); clip (open_clip ViT)")
+    init: Literal["default", "xavier"] = Field(
+        "default", description="initialisation of a cnn/resnet trained from scratch: default = torchvision / PyTorch "
+                               "(Kaiming), xavier = Xavier-uniform conv and linear weights, zero biases (CytoDiff); "
+                               "clip keeps its own")
     resnet_stem: Literal["auto", "small", "strided", "imagenet"] = Field(
         "auto", description="ResNet stem: small (3x3/1), strided (3x3/2, ~4x cheaper), imagenet (7x7/2 + pool); "
                             "auto = small up to 64 px")
@@ -48,16 +74,25 @@ class ClassifierConfig(_Strict):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
-    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up, then cosine decay to 0")
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up, then cosine decay to min_lr")
+    min_lr: float = Field(0.0, ge=0.0, description="the floor of the cosine decay (CytoDiff: 1e-8)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     mixup: float = Field(0.0, ge=0.0, description="MixUp Beta(alpha, alpha); 0 = off")
     cutmix: float = Field(0.0, ge=0.0, description="CutMix Beta(alpha, alpha); 0 = off (both on: 50/50 per batch)")
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="probability that a batch gets MixUp/CutMix (when "
+                                                            "mixup or cutmix is on; CytoDiff: 0.2)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without real-val improvement")
     pretrained: str | None = Field(None, description="backbone weights for cnn/resnet (safetensors); none = from scratch")
     precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision")
     eval_batch_size: int = Field(256, ge=1)
     clip: ClipConfig = Field(default_factory=ClipConfig)
+
+    @model_validator(mode="after")
+    def _floor_below_lr(self) -> ClassifierConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"classifier.min_lr={self.min_lr} is above classifier.lr={self.lr}")
+        return self
 
 
 class MixConfig(_Strict):
@@ -70,6 +105,12 @@ class MixConfig(_Strict):
     add_per_class: int = Field(100, ge=0)
     balance_to: int = Field(1000, ge=0)
     ratio: float = Field(0.5, ge=0.0, le=1.0)
+    ratio_mode: Literal["add", "replace"] = Field(
+        "add", description="ratio: add = real images kept whole, synthetic ones added to make share R; replace = "
+                           "round(R n_c) real images of a class replaced by as many synthetic ones (class size fixed)")
+    ratio_classes: list[str] | None = Field(
+        None, min_length=1, description="ratio: the classes (names) whose training images R applies to; the others "
+                                        "train on their real images only; None = every class (OCT study: [CNV])")
     batch_ratio: float = Field(0.5, ge=0.0, le=1.0)
     weight_lambda: float = Field(0.8, ge=0.0, le=1.0, alias="lambda")
     shortage: Literal["error", "take_all"] = Field(
@@ -82,6 +123,13 @@ class MixConfig(_Strict):
     augment_p: float = Field(
         0.5, ge=0.0, le=1.0, description="augment: probability that a real training image is replaced by one of its "
                                          "synthetic variants (manifest `source`), else by a same-class synthetic image")
+
+    @field_validator("ratio_classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"mix.ratio_classes lists a class twice: {value}")
+        return value
 
 
 class ImbalanceConfig(_Strict):

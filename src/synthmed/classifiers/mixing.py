@@ -22,7 +22,7 @@ import numpy as np
 from synthmed.classifiers.config import MixConfig
 from synthmed.classifiers.imbalance import balanced_order
 from synthmed.data.dataset import ImageSet
-from synthmed.errors import DataError
+from synthmed.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -124,23 +124,24 @@ def _check_synthetic(real: ImageSet, synthetic: ImageSet | None, policy: str) ->
 
 
 def plan_mix(mix: MixConfig, real: ImageSet, synthetic: ImageSet | None, n_classes: int, seed: int,
-             sources: Sequence[str] | None = None) -> MixPlan:
+             sources: Sequence[str] | None = None, class_names: Sequence[str] | None = None) -> MixPlan:
     """Apply ``mix.policy`` to the real training set and the kept synthetic images (see docs/mixing.md).
 
     ``sources[i]`` is the id of the real training image synthetic image i was made from ("" when none; read by
-    ``augment`` only)."""
+    ``augment`` only); ``class_names`` resolve ``mix.ratio_classes`` (read by ``ratio`` only)."""
     if not needs_synthetic(mix):
         return MixPlan(mix.policy, "concat", real, empty_like(real), real_all=real)
     syn = _check_synthetic(real, synthetic, mix.policy)
     if mix.policy == "augment":
         out = _plan_augment(mix, real, syn, n_classes, sources)
     else:
-        out = _plan_synthetic(mix, real, syn, n_classes, seed)
+        out = _plan_synthetic(mix, real, syn, n_classes, seed, class_names)
     out.real_all, out.synthetic_weight = real, mix.synthetic_weight
     return out
 
 
-def _plan_synthetic(mix: MixConfig, real: ImageSet, syn: ImageSet, n_classes: int, seed: int) -> MixPlan:
+def _plan_synthetic(mix: MixConfig, real: ImageSet, syn: ImageSet, n_classes: int, seed: int,
+                    class_names: Sequence[str] | None = None) -> MixPlan:
     policy = mix.policy
     warnings: list[str] = []
     rng = np.random.default_rng([seed, 7919])
@@ -155,7 +156,10 @@ def _plan_synthetic(mix: MixConfig, real: ImageSet, syn: ImageSet, n_classes: in
         chosen = take_per_class(syn, wanted, rng, mix.shortage, "balance_to", warnings)
         return MixPlan(policy, "concat", real, chosen, warnings=warnings, requested=wanted.tolist())
     if policy == "ratio":
-        return _plan_ratio(mix, real, syn, real_counts, syn_counts, rng, warnings)
+        named = ratio_class_mask(mix, n_classes, class_names)
+        if mix.ratio_mode == "replace":
+            return _plan_ratio_replace(mix, real, syn, real_counts, syn_counts, named, rng, warnings)
+        return _plan_ratio(mix, real, syn, real_counts, syn_counts, rng, warnings, named)
     if policy == "synthetic_only":
         if not len(syn):
             raise DataError("synthetic_only: the synthetic set has no kept images")
@@ -172,17 +176,43 @@ def _plan_synthetic(mix: MixConfig, real: ImageSet, syn: ImageSet, n_classes: in
     raise DataError(f"unknown mix.policy {policy}")  # pragma: no cover
 
 
+def ratio_class_mask(mix: MixConfig, n_classes: int, class_names: Sequence[str] | None) -> np.ndarray:
+    """Which classes ``mix.ratio`` applies to: ``mix.ratio_classes`` resolved by name, or every class."""
+    if mix.ratio_classes is None:
+        return np.ones(n_classes, dtype=bool)
+    if class_names is None:
+        raise ConfigError("mix.ratio_classes needs the class names, which this caller did not pass to plan_mix")
+    names = list(class_names)
+    unknown = [c for c in mix.ratio_classes if c not in names]
+    if unknown:
+        raise ConfigError(f"mix.ratio_classes: unknown class '{unknown[0]}' (classes: {', '.join(names)})")
+    mask = np.zeros(n_classes, dtype=bool)
+    mask[[names.index(c) for c in mix.ratio_classes]] = True
+    return mask
+
+
+def _pick_real(real: ImageSet, keep: np.ndarray, rng: np.random.Generator) -> ImageSet:
+    """``keep[c]`` real images of each class c, drawn without replacement (all of them when keep[c] = n_c)."""
+    real_idx = np.concatenate([
+        np.sort(rng.choice(np.flatnonzero(real.labels == c), size=int(k), replace=False))
+        for c, k in enumerate(keep.tolist()) if k > 0
+    ] or [np.zeros(0, np.int64)])
+    return real.subset(real_idx)
+
+
 def _plan_ratio(mix: MixConfig, real: ImageSet, syn: ImageSet, real_counts: np.ndarray, syn_counts: np.ndarray,
-                rng: np.random.Generator, warnings: list[str]) -> MixPlan:
-    """Synthetic share R of the training set; real kept whole when enough synthetic images exist."""
+                rng: np.random.Generator, warnings: list[str], named: np.ndarray) -> MixPlan:
+    """``ratio_mode: add``: synthetic share R of the named classes' images (all classes: of the training set); real
+    kept whole when enough synthetic images exist."""
     r = mix.ratio
-    n_real = len(real)
-    if r >= 1.0:  # synthetic only, as many images as the real set, in the real class proportions
-        wanted = largest_remainder(n_real, real_counts)
+    counts = np.where(named, real_counts, 0)
+    if r >= 1.0:  # the named classes synthetic only, as many images as their real ones, in their real proportions
+        wanted = largest_remainder(int(counts.sum()), counts)
         chosen = take_per_class(syn, wanted, rng, mix.shortage, "ratio=1", warnings)
-        return MixPlan("ratio", "concat", empty_like(real), chosen, warnings=warnings, requested=wanted.tolist())
-    total_syn = int(round(r / (1.0 - r) * n_real))
-    wanted = largest_remainder(total_syn, real_counts)
+        kept = real.subset(np.flatnonzero(~named[real.labels])) if not named.all() else empty_like(real)
+        return MixPlan("ratio", "concat", kept, chosen, warnings=warnings, requested=wanted.tolist())
+    total_syn = int(round(r / (1.0 - r) * int(counts.sum())))
+    wanted = largest_remainder(total_syn, counts)
     requested = wanted.tolist()
     short = wanted > syn_counts
     if not short.any():
@@ -201,12 +231,36 @@ def _plan_ratio(mix: MixConfig, real: ImageSet, syn: ImageSet, real_counts: np.n
            f"their real images were subsampled to keep the ratio")
     warnings.append(msg)
     log.warning(msg)
-    real_idx = np.concatenate([
-        np.sort(rng.choice(np.flatnonzero(real.labels == c), size=int(k), replace=False))
-        for c, k in enumerate(real_keep.tolist()) if k > 0
-    ] or [np.zeros(0, np.int64)])
+    kept = _pick_real(real, real_keep, rng)
     chosen = take_per_class(syn, wanted, rng, "error", "ratio", warnings)
-    return MixPlan("ratio", "concat", real.subset(real_idx), chosen, warnings=warnings, requested=requested)
+    return MixPlan("ratio", "concat", kept, chosen, warnings=warnings, requested=requested)
+
+
+def _plan_ratio_replace(mix: MixConfig, real: ImageSet, syn: ImageSet, real_counts: np.ndarray,
+                        syn_counts: np.ndarray, named: np.ndarray, rng: np.random.Generator,
+                        warnings: list[str]) -> MixPlan:
+    """``ratio_mode: replace``: in each named class c, ``floor(R n_c + 1/2)`` real images (a seeded draw) are replaced
+    by as many synthetic ones, so the class keeps n_c images; other classes keep their real images and get none."""
+    r = mix.ratio
+    wanted = np.where(named, np.floor(r * real_counts + 0.5), 0).astype(np.int64)
+    real_keep = real_counts - wanted
+    requested = wanted.tolist()
+    short = np.flatnonzero(wanted > syn_counts)
+    if len(short) and mix.shortage == "error":
+        c = int(short[0])
+        raise DataError(f"ratio={r} (replace): class {c} needs {int(wanted[c])} kept synthetic images but only "
+                        f"{int(syn_counts[c])} exist (generate more, or set mix.shortage=take_all)")
+    if len(short):  # take_all: every synthetic image of the class, and real images cut so its share stays R
+        for c in short:
+            wanted[c] = syn_counts[c]
+            real_keep[c] = min(int(round(syn_counts[c] * (1.0 - r) / r)), int(real_counts[c]))
+        msg = (f"ratio={r} (replace): too few synthetic images in classes {short.tolist()}; all were used and "
+               f"their real images cut to keep the share R (those classes are smaller)")
+        warnings.append(msg)
+        log.warning(msg)
+    kept = _pick_real(real, real_keep, rng)
+    chosen = take_per_class(syn, wanted, rng, "error", "ratio", warnings)
+    return MixPlan("ratio", "concat", kept, chosen, warnings=warnings, requested=requested)
 
 
 def _plan_augment(mix: MixConfig, real: ImageSet, syn: ImageSet, n_classes: int,

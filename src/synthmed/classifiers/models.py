@@ -1,15 +1,16 @@
-"""Classifier networks: the OCT study's small CNN, CIFAR-style ResNet-20/32 (``resnet_cifar``), torchvision ResNets,
-and open_clip ViTs (LoRA or linear probe).
+"""Classifier networks: a small CNN, the OCT study's CNN, CIFAR-style ResNet-20/32 (``resnet_cifar``), torchvision
+ResNets, and open_clip ViTs (LoRA or linear probe).
 
 Every network is a :class:`Net`: it takes float images in [0, 1] (N, C, H, W) with the data's channel count, repeats
 grayscale to 3 channels when the backbone needs it, normalizes per channel (buffers, saved with the weights),
 computes ``features`` (the penultimate layer) and ``head`` logits.
 
-CLIP LoRA: open_clip's ViT uses ``nn.MultiheadAttention`` with a fused ``in_proj_weight`` (q, k, v stacked).
+CLIP LoRA: open_clip's towers use ``nn.MultiheadAttention`` with a fused ``in_proj_weight`` (q, k, v stacked).
 peft 0.21 can wrap a whole ``MultiheadAttention`` only (LoRA on q, k, v *and* out_proj at once, by merging weights
-around each call); it cannot target q and v alone. We therefore add our own LoRA as a ``torch.nn.utils.parametrize``
-parametrization of ``in_proj_weight`` that adds ``B_q A_q`` to the q block and ``B_v A_v`` to the v block
-(k untouched), exactly the q/v LoRA of Hu et al. used by CytoDiff; the base weights stay frozen.
+around each call); it cannot target q and v alone, nor apply LoRA dropout there. Each attention layer is therefore
+replaced by a :class:`LoRAAttention` (same frozen parameters and names) that adds ``s B_q A_q dropout(x)`` to q and
+``s B_v A_v dropout(x)`` to v (k untouched): the q/v LoRA of Hu et al. with dropout, as in CLIP-LoRA / CytoDiff, on
+the image tower, the text tower or both (``classifier.clip.lora_towers``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthmed.classifiers.cnns import OctCNN, SmallCNN, xavier_init
 from synthmed.classifiers.config import ClassifierConfig
 from synthmed.classifiers.resnet_cifar import DEPTHS, cifar_resnet
 from synthmed.errors import ConfigError
@@ -69,25 +71,6 @@ class Net(nn.Module):
         return self.head(self.features(x))
 
 
-# ----------------------------------------------------------------------------------------------- CNN
-
-
-class SmallCNN(nn.Module):
-    """The OCT study's net: two 3x3 conv layers with ReLU and 2x2 max pooling; features feed one FC layer."""
-
-    def __init__(self, in_channels: int, width: int = 32) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-        )
-        self.out_dim = 2 * width * 16
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
 # ----------------------------------------------------------------------------------------------- ResNet
 
 
@@ -134,35 +117,103 @@ def load_backbone_weights(net: Net, path: str) -> int:
 
 
 class LoRAQV(nn.Module):
-    """Parametrization of a fused ``in_proj_weight`` (3d, d): adds low-rank updates to the q and v blocks."""
+    """Low-rank updates of the q and v projections of one attention layer (Hu et al. 2022, as in CLIP-LoRA and
+    CytoDiff): ``dq = (alpha / r) B_q A_q dropout(x)``, ``dv`` alike; k untouched, B initialised to zero."""
 
-    def __init__(self, dim: int, r: int, alpha: float) -> None:
+    def __init__(self, dim: int, r: int, alpha: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.dim, self.scale = dim, alpha / r
         self.a_q = nn.Parameter(torch.empty(r, dim))
         self.b_q = nn.Parameter(torch.zeros(dim, r))
         self.a_v = nn.Parameter(torch.empty(r, dim))
         self.b_v = nn.Parameter(torch.zeros(dim, r))
+        self.drop = nn.Dropout(dropout)
         nn.init.kaiming_uniform_(self.a_q, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.a_v, a=math.sqrt(5))
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        zeros = weight.new_zeros(self.dim, self.dim)
-        delta = torch.cat([self.b_q @ self.a_q, zeros, self.b_v @ self.a_v], dim=0)
-        return weight + self.scale * delta
+    def q(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(F.linear(self.drop(x), self.a_q), self.b_q)
+
+    def v(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(F.linear(self.drop(x), self.a_v), self.b_v)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update of a fused (3d, d) ``in_proj_weight`` without dropout: (s B_q A_q, 0, s B_v A_v)."""
+        zeros = self.a_q.new_zeros(self.dim, self.dim)
+        return self.scale * torch.cat([self.b_q @ self.a_q, zeros, self.b_v @ self.a_v], dim=0)
 
 
-def add_lora_qv(module: nn.Module, r: int, alpha: float) -> int:
-    """Add q/v LoRA to every ``nn.MultiheadAttention`` under ``module``; returns how many were wrapped."""
-    from torch.nn.utils import parametrize
+class LoRAAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` (same parameter names, frozen) whose q and v projections get a :class:`LoRAQV`
+    update with dropout on its input; attention itself is PyTorch SDPA. Built by :meth:`wrap`."""
 
+    lora: LoRAQV
+
+    @classmethod
+    def wrap(cls, mha: nn.MultiheadAttention, r: int, alpha: float, dropout: float) -> LoRAAttention:
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:  # noqa: SLF001
+            raise ConfigError("CLIP LoRA needs attention with a fused q/k/v projection (no bias_k / zero attention)")
+        w = mha.in_proj_weight
+        new = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None,
+                  batch_first=mha.batch_first, device=w.device, dtype=w.dtype)
+        new.load_state_dict(mha.state_dict())
+        for p in new.parameters():
+            p.requires_grad_(False)
+        new.lora = LoRAQV(mha.embed_dim, r, alpha, dropout).to(w.device)
+        new.register_load_state_dict_pre_hook(_rename_parametrized)
+        return new
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,  # type: ignore[override]
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, None]:
+        if key_padding_mask is not None:
+            raise NotImplementedError("LoRAAttention: key_padding_mask is not supported (open_clip passes none)")
+        if self.batch_first is False:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        wq, wk, wv = self.in_proj_weight.chunk(3)
+        bq, bk, bv = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+        q = F.linear(query, wq, bq) + self.lora.q(query)
+        k = F.linear(key, wk, bk)
+        v = F.linear(value, wv, bv) + self.lora.v(value)
+        n, length, dim = q.shape
+        heads = self.num_heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(n, t.shape[1], heads, dim // heads).transpose(1, 2)
+
+        mask = attn_mask
+        if mask is not None:
+            if mask.dtype == torch.bool:  # nn.MultiheadAttention: True = not allowed; SDPA: True = allowed
+                mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(mask, float("-inf"))
+            mask = mask.to(q.dtype)
+            if mask.dim() == 3:
+                mask = mask.view(n, heads, length, -1)
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0,
+                                             is_causal=is_causal and mask is None)
+        out = self.out_proj(out.transpose(1, 2).reshape(n, length, dim))
+        return (out.transpose(0, 1) if self.batch_first is False else out), None
+
+
+_OLD = "parametrizations.in_proj_weight."
+
+
+def _rename_parametrized(module: nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Read classifiers saved when the LoRA was a parametrization of ``in_proj_weight`` (same numbers, old names)."""
+    for key in [k for k in state if k.startswith(prefix + _OLD)]:
+        rest = key[len(prefix + _OLD):]
+        state[prefix + ("in_proj_weight" if rest == "original" else "lora." + rest.removeprefix("0."))] = state.pop(key)
+
+
+def add_lora_qv(module: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> int:
+    """Replace every ``nn.MultiheadAttention`` under ``module`` by a :class:`LoRAAttention`; returns how many."""
     n = 0
-    for sub in list(module.modules()):
-        if isinstance(sub, nn.MultiheadAttention):
-            if not sub._qkv_same_embed_dim:  # noqa: SLF001
-                raise ConfigError("CLIP LoRA needs attention with a fused q/k/v projection")
-            parametrize.register_parametrization(sub, "in_proj_weight", LoRAQV(sub.embed_dim, r, alpha))
-            n += 1
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MultiheadAttention) and not isinstance(child, LoRAAttention):
+                setattr(parent, name, LoRAAttention.wrap(child, r, alpha, dropout))
+                n += 1
     return n
 
 
@@ -176,6 +227,21 @@ class CosineHead(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.scale * F.normalize(feats, dim=-1) @ self.text.t()
+
+
+class PromptHead(nn.Module):
+    """Logits = scale * cos(image embedding, text embedding of each class prompt), the prompts encoded at every call
+    by the (LoRA-adapted, otherwise frozen) text tower ``clip`` (an open_clip CLIP whose image tower was removed)."""
+
+    def __init__(self, clip: nn.Module, tokens: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("tokens", tokens, persistent=False)  # re-derived from the class names on reload
+        self.scale = float(scale)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        text = self.clip.encode_text(self.tokens, normalize=True)  # type: ignore[operator]
+        return self.scale * F.normalize(feats, dim=-1) @ text.to(feats.dtype).t()
 
 
 def _clip_model(cc: Any) -> tuple[nn.Module, Any]:
@@ -203,27 +269,36 @@ def _clip_model(cc: Any) -> tuple[nn.Module, Any]:
 
 
 def build_clip(cc: Any, in_channels: int, n_classes: int, class_names: list[str] | None) -> tuple[Net, dict]:
-    """The CLIP classifier; the text tower is used once for the class-prompt embeddings and then dropped."""
+    """The CLIP classifier. ``head=lora``: q/v LoRA on the towers of ``lora_towers``; without the text tower the
+    class-prompt embeddings are computed once and the text tower dropped, with it they are recomputed every call."""
     model, tokenizer = _clip_model(cc)
     visual = model.visual
     size = visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    for p in visual.parameters():
+    for p in model.parameters():
         p.requires_grad_(False)
     feature_dim = int(model.text_projection.shape[1] if model.text_projection is not None else model.embed_dim)
+    info: dict[str, Any] = {"clip_arch": cc.arch, "clip_head": cc.head, "clip_image_size": size}
     if cc.head == "lora":
         names = class_names or [f"class {i}" for i in range(n_classes)]
-        with torch.no_grad():
-            text = model.encode_text(tokenizer([cc.prompt.format(n.replace("_", " ")) for n in names]), normalize=True)
-            scale = float(model.logit_scale.exp().clamp(max=100.0))
-        add_lora_qv(visual, cc.lora_r, cc.lora_alpha)
-        head: nn.Module = CosineHead(text, scale)
+        tokens = tokenizer([cc.prompt.format(n.replace("_", " ")) for n in names])
+        scale = float(model.logit_scale.exp().clamp(max=100.0))
+        if "image" in cc.lora_towers:
+            add_lora_qv(visual, cc.lora_r, cc.lora_alpha, cc.lora_dropout)
+        if "text" in cc.lora_towers:
+            model.visual = nn.Identity()  # the image tower is the Net's backbone; the head keeps the text tower
+            add_lora_qv(model.transformer, cc.lora_r, cc.lora_alpha, cc.lora_dropout)
+            head: nn.Module = PromptHead(model, tokens, scale)
+        else:
+            with torch.no_grad():
+                head = CosineHead(model.encode_text(tokens, normalize=True), scale)
+        info.update(clip_lora_towers=list(cc.lora_towers), clip_lora_r=cc.lora_r, clip_lora_alpha=cc.lora_alpha,
+                    clip_lora_dropout=cc.lora_dropout)
     else:
         head = nn.Linear(feature_dim, n_classes)
-    del model
     net = Net(visual, head, in_channels, 3, feature_dim, input_size=size)
     net.set_normalization(CLIP_MEAN, CLIP_STD)
-    return net, {"clip_arch": cc.arch, "clip_head": cc.head, "clip_image_size": size}
+    return net, info
 
 
 # ----------------------------------------------------------------------------------------------- factory
@@ -239,6 +314,9 @@ def build_model(cc: ClassifierConfig, in_channels: int, size: int, n_classes: in
     if cc.model == "cnn":
         backbone = SmallCNN(in_channels)
         net = Net(backbone, nn.Linear(backbone.out_dim, n_classes), in_channels, in_channels, backbone.out_dim)
+    elif cc.model == "oct_cnn":  # the study's conv 3 -> 16: grayscale is repeated to 3 channels
+        oct_net = OctCNN(size)
+        net = Net(oct_net, nn.Linear(oct_net.out_dim, n_classes), in_channels, 3, oct_net.out_dim, input_size=size)
     elif cc.model in DEPTHS:
         cifar = cifar_resnet(cc.model, in_channels)
         fc = nn.Linear(cifar.out_dim, n_classes)
@@ -259,6 +337,9 @@ def build_model(cc: ClassifierConfig, in_channels: int, size: int, n_classes: in
         return net, info
     else:  # pragma: no cover - pydantic guards the literal
         raise ConfigError(f"unknown classifier.model {cc.model}")
+    info["init"] = cc.init
+    if cc.init == "xavier":
+        xavier_init(net)
     if cc.pretrained and load_pretrained:
         info["pretrained_tensors"] = load_backbone_weights(net, cc.pretrained)
         if net.backbone_channels == 3:

@@ -22,7 +22,7 @@ SYNTHETIC_POLICIES = ("add_per_class", "balance_to", "ratio", "batch_ratio", "sy
 _OWN_FIELDS: dict[str, tuple[str, ...]] = {
     "add_per_class": ("add_per_class", "shortage", "synthetic_weight"),
     "balance_to": ("balance_to", "shortage", "synthetic_weight"),
-    "ratio": ("ratio", "shortage", "synthetic_weight"),
+    "ratio": ("ratio", "ratio_mode", "ratio_classes", "shortage", "synthetic_weight"),
     "batch_ratio": ("batch_ratio", "synthetic_weight"),
     "synthetic_only": (),  # every sample is synthetic: a common loss weight cancels
     "weighted_loss": ("weight_lambda",),  # lambda sets the real/synthetic weights

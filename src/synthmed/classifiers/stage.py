@@ -22,6 +22,8 @@ from synthmed.io import atomic_write_csv, atomic_write_json, remove_stale_temps
 from synthmed.metrics.classification import classification_metrics
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from synthmed.config import Config
     from synthmed.data.dataset import ImageSet, RealData
 
@@ -122,18 +124,19 @@ def train(cfg: Config, run_dir: str | Path, policies: list[str] | None = None, s
 def train_one(cfg: Config, data: RealData, policy: str, seed: int, out: Path, synthetic: ImageSet | None,
               overrides: dict[str, Any], progress: bool = True, sources: list[str] | None = None) -> dict[str, Any]:
     """Train one classifier and write its folder (``sources``: see :func:`~.mixing.plan_mix`)."""
+    from accelerate import PartialState
+
     from synthmed.classifiers.train import fit_plan
 
     if out.is_dir():
         remove_stale_temps(out)  # a crashed earlier attempt may have left temp files behind
-    plan = plan_mix(cfg.mix, data.train, synthetic, data.n_classes, seed, sources)
+    plan = plan_mix(cfg.mix, data.train, synthetic, data.n_classes, seed, sources, class_names=list(data.classes))
     clf = fit_plan(cfg, plan, data.val, data.n_classes, seed, out_dir=out, progress=progress,
                    class_names=list(data.classes), label=policy)
     proba = clf.predict_proba(data.test.images)
     test = classification_metrics(data.test.labels, proba, data.n_classes)
     val = classification_metrics(data.val.labels, clf.predict_proba(data.val.images), data.n_classes)
     info = clf.info
-    _track(cfg, out, policy, seed, info.get("history") or [])
     metrics: dict[str, Any] = {
         "policy": policy, "policy_kind": trained_kind(cfg, plan.n_synthetic),
         "configured_kind": policy_kind(cfg), "seed": seed, "overrides": overrides,
@@ -155,6 +158,18 @@ def train_one(cfg: Config, data: RealData, policy: str, seed: int, out: Path, sy
     }
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall", "auc_macro_ovr"):
         metrics[key] = test[key]
+    state = PartialState()  # fit_plan's Accelerator set it up; several processes: rank 0 writes the files
+    if state.process_index == 0:
+        _track(cfg, out, policy, seed, info.get("history") or [])
+        _write_outputs(out, data, proba, test, metrics)
+    state.wait_for_everyone()
+    log.info("%s seed %d: test balanced accuracy %.4f", policy, seed, test["balanced_accuracy"])
+    return metrics
+
+
+def _write_outputs(out: Path, data: RealData, proba: np.ndarray, test: dict[str, Any],
+                   metrics: dict[str, Any]) -> None:
+    """confusion.csv, predictions.csv, then metrics.json (last: its presence marks the run as done)."""
     k = data.n_classes
     atomic_write_csv(out / "confusion.csv",
                      [{"true": data.classes[i], **{data.classes[j]: test["confusion"][i][j] for j in range(k)}}
@@ -166,8 +181,6 @@ def train_one(cfg: Config, data: RealData, policy: str, seed: int, out: Path, sy
                       for i in range(len(pred))],
                      ["id", "label", "pred", *[f"p_{c}" for c in data.classes]])
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks the run as done
-    log.info("%s seed %d: test balanced accuracy %.4f", policy, seed, test["balanced_accuracy"])
-    return metrics
 
 
 def summary_row(m: dict[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,17 @@ With ``synthetic=None`` the classifier trains on ``train`` alone whatever ``cfg.
 (``batches``), the imbalance method how batches are drawn (``resample``), how the loss weights samples (class weights,
 ``drw``, ``mix.synthetic_weight``) or offsets logits (``logit_adjustment``, ``balanced_softmax``), and what happens
 after training (``posthoc_la``, ``crt``: ``heads``). The result is a :class:`~.trained.TrainedClassifier`.
+
+Several processes (``accelerate launch`` / torchrun) train one classifier data-parallel: every process builds the
+same batch (same seeded draws and augmentation), runs the network on its share of the rows, gathers the logits
+(autograd-aware) so that the loss is the whole batch's, and DDP averages the gradients; BatchNorm becomes
+SyncBatchNorm on GPUs (on CPU its statistics are per share). Only the main process writes the model.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +35,7 @@ from synthmed.classifiers.imbalance import class_weights, drw_epoch, logit_adjus
 from synthmed.classifiers.losses import batch_loss
 from synthmed.classifiers.mixing import MixPlan, empty_like, plan_mix
 from synthmed.classifiers.models import Net, build_model, trainable_parameters
+from synthmed.classifiers.schedule import lr_schedule, min_lr_floor
 from synthmed.classifiers.trained import TrainedClassifier, resolve_device
 from synthmed.classifiers.transforms import augment, mix_batch, to_float, to_tensor
 from synthmed.data.dataset import ImageSet
@@ -48,7 +53,7 @@ __all__ = ["fit_classifier", "fit_plan", "TrainedClassifier", "augment", "batch_
 
 
 def _accelerator(device: torch.device, precision: str) -> Any:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)  # noqa: SLF001 - allow a new precision per run in one process
@@ -56,17 +61,33 @@ def _accelerator(device: torch.device, precision: str) -> Any:
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device.index)
     mp = precision if device.type == "cuda" or precision == "bf16" else "no"
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
+    # split_batches: the processes share each batch (``_logits``), so the prepared LR scheduler steps once per
+    # optimizer step (without it accelerate steps it once per process, a schedule N times too fast)
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mp,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
-def _schedule(opt: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+def _logits(model: Any, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """The logits of the whole batch ``x``, this process computing only its share of the rows (data parallelism).
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    The gathered logits are the same on every process, so is the loss; the gather's backward sums the processes'
+    (identical) gradients, so DDP's average is the whole batch's gradient. Batches smaller than ``world`` run whole
+    on every process (identical gradients; their average is the same)."""
+    n = len(x)
+    if world == 1 or n < world:
+        return model(x)
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    bounds = [r * n // world for r in range(world + 1)]
+    local = model(x[bounds[rank]:bounds[rank + 1]])
+    size = -(-n // world)
+    pad = local.new_zeros((size - len(local), *local.shape[1:]))
+    with warnings.catch_warnings():  # deprecated in favour of a functional collective without gloo all-to-all
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(torch.cat([local, pad]))
+    return torch.cat([p[: bounds[r + 1] - bounds[r]] for r, p in enumerate(parts)])
 
 
 def _optimizer(cc: ClassifierConfig, net: Net) -> torch.optim.Optimizer:
@@ -115,7 +136,7 @@ def fit_classifier(cfg: Config, train: ImageSet, val: ImageSet, n_classes: int, 
     from synthmed.classifiers.mixing import needs_synthetic
 
     mix = cfg.mix if synthetic is not None or not needs_synthetic(cfg.mix) else cfg.mix.model_copy(update={"policy": "real_only"})
-    plan = plan_mix(mix, train, synthetic, n_classes, seed, sources)
+    plan = plan_mix(mix, train, synthetic, n_classes, seed, sources, class_names=class_names)
     return fit_plan(cfg, plan, val, n_classes, seed, out_dir=out_dir, progress=progress, class_names=class_names)
 
 
@@ -142,7 +163,9 @@ def fit_plan(cfg: Config, plan: MixPlan, val: ImageSet, n_classes: int, seed: in
         mean, std = imgs.mean(0), imgs.std(0)
         net.set_normalization(np.resize(mean, net.backbone_channels), np.resize(std, net.backbone_channels))
     acc = _accelerator(device, cc.precision)
-    device = acc.device
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    if world > 1 and device.type == "cuda":
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # type: ignore[assignment]
     net.to(device)
     x_val = _as_channels(to_tensor(val.images), channels)
     gen = torch.Generator().manual_seed(seed)
@@ -163,7 +186,7 @@ def fit_plan(cfg: Config, plan: MixPlan, val: ImageSet, n_classes: int, seed: in
         total = sum(len(b) for b in schedule)
         steps = len(schedule[0])
         opt = _optimizer(cc, net)
-        sched = _schedule(opt, int(round(cc.warmup_epochs * steps)), total)
+        sched = lr_schedule(opt, int(round(cc.warmup_epochs * steps)), total, min_lr_floor(cc.lr, cc.min_lr))
         model, opt, sched = acc.prepare(net, opt, sched)
         gw = [plan.weight_lambda, 1.0 - plan.weight_lambda] if mode == "weighted_loss" else [1.0, 1.0]
         sw = p.synthetic_weight if mode in ("concat", "batch_ratio", "augment") else 1.0
@@ -183,13 +206,14 @@ def fit_plan(cfg: Config, plan: MixPlan, val: ImageSet, n_classes: int, seed: in
                 groups = [len(ri), len(si)] if mode == "weighted_loss" else [len(ri) + len(si), 0]
                 x, partner, lam = mix_batch(x, groups, cc, rng, gen)
                 with acc.autocast():
-                    logits = model(x)
+                    logits = _logits(model, x, rank, world)
                 sample_w = None
                 if sw != 1.0 and len(si):
                     sample_w = torch.cat([torch.ones(len(ri)), torch.full((len(si),), sw)]).to(device)
                 loss = batch_loss(logits, y, groups, gw, cw_t, adj_t, cc.label_smoothing, partner, lam, sample_w)
                 if not torch.isfinite(loss):
-                    _save_partial(out_dir, acc.unwrap_model(model), best_state, n_classes,
+                    _save_partial(out_dir if acc.is_main_process else None, acc.unwrap_model(model), best_state,
+                                  n_classes,
                                   dict(info, classifier=cc.model_dump(mode="json", by_alias=True),
                                        channels=channels, size=size, class_names=class_names))
                     raise TrainingDivergedError(f"classifier loss became {loss.item()} in epoch {epoch_no}; "
@@ -240,8 +264,9 @@ def fit_plan(cfg: Config, plan: MixPlan, val: ImageSet, n_classes: int, seed: in
                                  n_classes, cc, imb, seed, device))
     net.eval()
     clf = TrainedClassifier(net, n_classes, info, device, cc.eval_batch_size)
-    if out_dir is not None:
+    if out_dir is not None and acc.is_main_process:
         clf.save(out_dir)
+    acc.wait_for_everyone()
     return clf
 
 

@@ -54,9 +54,14 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.
 
 def mix_batch(x: torch.Tensor, groups: list[int], cc: ClassifierConfig, rng: np.random.Generator,
               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """MixUp / CutMix within each group (real part, synthetic part): returns images, partner index and lambda."""
+    """MixUp / CutMix within each group (real part, synthetic part): returns images, partner index and lambda.
+
+    A batch is mixed with probability ``classifier.mix_prob`` (one draw from ``rng`` per batch, made only when
+    mix_prob < 1, so the default draws exactly what it drew before the setting existed)."""
     modes = [m for m, a in (("mixup", cc.mixup), ("cutmix", cc.cutmix)) if a > 0]
     if not modes:
+        return x, None, 1.0
+    if cc.mix_prob < 1.0 and not rng.random() < cc.mix_prob:
         return x, None, 1.0
     mode = modes[int(rng.integers(len(modes)))]
     alpha = cc.mixup if mode == "mixup" else cc.cutmix

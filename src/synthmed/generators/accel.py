@@ -1,13 +1,15 @@
 """Devices, processes and precision shared by the generator kinds (one multi-process mechanism: accelerate).
 
 Under ``accelerate launch`` (or torchrun) every process gets its rank from accelerate's state; a single process
-gets rank 0 of 1. Training loops use :func:`make_accelerator` (placement, DDP); stages use ``process_index`` /
-``num_processes`` / ``wait_for_everyone`` of the same object.
+gets rank 0 of 1. Training loops use :func:`make_accelerator` (placement, DDP) and :class:`DataParallel` (each
+process takes its share of every global batch, so N processes train what one would); stages use
+``process_index`` / ``num_processes`` / ``wait_for_everyone`` of the same state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,3 +60,62 @@ def processes(device: str = "auto") -> tuple[int, int, Callable[[], None]]:
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)
     return state.process_index, state.num_processes, state.wait_for_everyone
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """The processes that train one model together (data parallelism; ``world == 1``: a plain single process).
+
+    Every process draws the same global batch from the same seeded generator and keeps its ``share`` of the rows;
+    the model is wrapped in DDP, which averages the gradients. The local loss of :meth:`local_loss` (own mean x
+    rows x world / batch) makes that average the gradient of the global batch mean, also when the batch does not
+    divide evenly, so N processes follow the 1-process trajectory up to float reduction order."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls, device: str = "auto") -> DataParallel:
+        rank, world, _ = processes(device)
+        return cls(rank, world)
+
+    def share(self, n: int) -> slice:
+        """This process's contiguous rows of a batch of ``n`` (sizes differ by at most one)."""
+        return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+    def check_batch(self, n: int, key: str) -> None:
+        if n < self.world:
+            raise UserError(f"{key} is {n} but {self.world} processes train this model together: each needs at "
+                            f"least one image per step (raise {key} or launch fewer processes)")
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """DDP around ``model`` when several processes train it (gloo on CPU, nccl on GPU), else ``model``."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = None
+        if device.type == "cuda":
+            ids = [device.index if device.index is not None else torch.cuda.current_device()]
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def local_loss(self, mean: torch.Tensor, n_local: int, batch: int) -> torch.Tensor:
+        """The loss to back-propagate, from the mean loss over this process's ``n_local`` rows of ``batch``:
+        weighted by its share so that DDP's gradient average is the gradient of the global batch mean."""
+        return mean * (n_local * self.world / batch) if self.world > 1 else mean
+
+    def global_mean(self, mean: torch.Tensor, n_local: int, batch: int) -> float:
+        """The mean loss over the whole batch (the same number on every process)."""
+        if self.world == 1:
+            return float(mean.detach())
+        import torch.distributed as dist
+
+        total = (mean.detach().float() * n_local).reshape(1)
+        dist.all_reduce(total)
+        return float(total) / batch
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()

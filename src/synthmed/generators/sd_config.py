@@ -37,7 +37,8 @@ class StableDiffusionConfig(BaseModel):
     epochs: int | None = Field(None, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optimisation steps per adapter (overrides epochs)")
     grad_clip: float | None = Field(None, gt=0)
-    snr_gamma: float | None = Field(None, gt=0, description="min-SNR-gamma loss weighting (0/None: plain MSE)")
+    snr_gamma: float | None = Field(None, ge=0, description="min-SNR-gamma loss weighting (0: plain MSE; None: recipe, "
+                                                            "plain MSE in every recipe)")
     noise_offset: float = Field(0.0, ge=0)
     hflip: bool = True
     vflip: bool = False
@@ -47,6 +48,9 @@ class StableDiffusionConfig(BaseModel):
     cache_text: bool = Field(True, description="encode the prompts once when the text encoder is frozen")
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    parallel: Literal["auto", "data", "adapters"] = Field(
+        "auto", description="several processes: per-class adapters round-robin or every adapter data parallel; "
+                            "docs/multi-gpu.md")
     use_8bit_adam: bool = Field(True, description="bitsandbytes AdamW8bit on CUDA when installed")
     checkpoint_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

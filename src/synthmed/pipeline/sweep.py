@@ -5,37 +5,45 @@ The shared stages (data, finetune, generate, quality) run once in RUN_DIR, exact
 shared ``data``, ``generator``, ``synthetic`` and ``quality``). One row per trained classifier goes to
 ``RUN_DIR/results.csv`` (``results.shard-I-of-N.csv`` under ``--shard``; every run merges all shard files it finds
 into ``results.csv``). Grid keys under data/generator/generation/quality/filter change the shared stages: those
-points get their own upstream in ``RUN_DIR/sweep/upstream-<key>/``. See docs/pipeline.md.
+points get their own upstream in ``RUN_DIR/sweep/upstream-<key>/``. ``--launcher slurm`` (``pipeline/slurm.py``) runs
+the same phases as cluster jobs: the shared stages in one job, then the shards as a job array, then the merge. Shards
+may run side by side on one shared filesystem: each holds its own shard lock and writes its own results file, and a
+grid point's ``pipeline/state.json`` is updated under a file lock. See docs/pipeline.md.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import os
 import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from synthmed.config import Config, save_resolved, with_overrides
 from synthmed.errors import ConfigError, UserError
-from synthmed.io import atomic_write_csv
 from synthmed.layout import RunLayout
 from synthmed.pipeline.keys import (
-    UpstreamKeys, digest, is_synthetic, policy_kind, resolve_policy, train_key, upstream_keys,
+    UPSTREAM_STAGES, digest, is_synthetic, policy_kind, resolve_policy, train_key, upstream_keys,
 )
 from synthmed.pipeline.progress import Display
-from synthmed.pipeline.run import run_upstream, upstream_stage_count
+from synthmed.pipeline.run import outputs, run_upstream, stage_status, upstream_stage_count
 from synthmed.pipeline.stages import STAGES
+from synthmed.pipeline.sweep_results import (
+    ID_COLUMNS, merged_rows, metrics_row, read_rows, retire_rows, write_rows,
+)
 from synthmed.pipeline.workers import TrainJob, train_in_pool, train_unit
 from synthmed.pipeline.state import State
 
 SEED_KEYS = ("seed", "run.seeds")
 UPSTREAM_SECTIONS = ("data", "generator", "generation", "quality", "filter")
 SHARED = ("data", "generator", "synthetic", "quality")
-ID_COLUMNS = ["point", "policy", "kind", "seed", "train_key"]
 _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -134,43 +142,6 @@ def plan_sweep(cfg: Config, run_dir: Path) -> list[Unit]:
 # ---------------------------------------------------------------------------------------------- results
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]], grid_keys: list[str]) -> None:
-    """Write rows atomically: id columns, swept keys, then every other column sorted."""
-    cols = list(dict.fromkeys(ID_COLUMNS + [k for k in grid_keys if k != "seed"]))
-    extra = sorted({k for r in rows for k in r} - set(cols))
-    rows = sorted(rows, key=lambda r: (str(r.get("point")), str(r.get("policy")), str(r.get("seed"))))
-    atomic_write_csv(path, rows, cols + extra)
-
-
-SKIP_METRICS = {"overrides", "mix", "imbalance", "classes", "history", "val", "warnings", "confusion"}
-
-
-def metrics_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The scalars of a metrics.json: top-level ones, ``test.*`` ones not already there, ``recall.<class>``."""
-    out = {k: v for k, v in metrics.items()
-           if k not in SKIP_METRICS and (v is None or isinstance(v, (bool, int, float, str)))}
-    test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
-    out.update({f"test.{k}": v for k, v in test.items()
-                if k not in out and isinstance(v, (int, float)) and not isinstance(v, bool)})
-    recall = test.get("per_class_recall", metrics.get("per_class_recall"))
-    classes = metrics.get("classes") or []
-    if isinstance(recall, dict):
-        out.update({f"recall.{c}": v for c, v in recall.items()})
-    elif isinstance(recall, list):
-        out.update({f"recall.{classes[i] if i < len(classes) else i}": v for i, v in enumerate(recall)})
-    for key in ("train_real_per_class", "train_synthetic_per_class"):
-        if isinstance(metrics.get(key), list):
-            out[key] = json.dumps(metrics[key])
-    return out
-
-
 def _result_row(unit: Unit, point_dir: Path, returned: list[dict[str, Any]] | None) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     mpath = RunLayout(point_dir).classifier_metrics(unit.policy, unit.seed)
@@ -187,128 +158,197 @@ def _result_row(unit: Unit, point_dir: Path, returned: list[dict[str, Any]] | No
 # ---------------------------------------------------------------------------------------------- workers
 
 
+@contextmanager
+def _point_state(pdir: Path) -> Iterator[State]:
+    """A point's state, read afresh and saved under its lock: shards on other nodes may update it at the same time."""
+    lock = RunLayout(pdir).state_lock
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):
+        yield State(pdir)
+
+
+def _save_config(cfg: Config, run_dir: Path) -> None:
+    """``save_resolved`` unless the same config is already there (concurrent shards then write nothing)."""
+    path = RunLayout(run_dir).config
+    try:
+        if path.read_text(encoding="utf-8") == cfg.to_yaml():
+            return
+    except OSError:
+        pass
+    save_resolved(cfg, run_dir)
+
+
 def _point_dir(run_dir: Path, point: Point) -> Path:
     pdir = RunLayout(run_dir).sweep_point(point.pid)
     pdir.mkdir(parents=True, exist_ok=True)
-    for name in SHARED:
-        link = pdir / name
-        target = Path(os.path.relpath(point.upstream_dir / name, pdir))
-        if link.is_symlink() and os.readlink(link) == str(target):
-            continue
-        if link.is_symlink() or link.is_file():
-            link.unlink()
-        elif link.exists():
-            continue  # a real folder (e.g. written by a stage): leave it
-        link.symlink_to(target, target_is_directory=True)
-    save_resolved(point.cfg, pdir)
+    with FileLock(str(_mkparent(RunLayout(pdir).state_lock))):
+        for name in SHARED:
+            link = pdir / name
+            target = Path(os.path.relpath(point.upstream_dir / name, pdir))
+            if link.is_symlink() and os.readlink(link) == str(target):
+                continue
+            if link.is_symlink() or link.is_file():
+                link.unlink()
+            elif link.exists():
+                continue  # a real folder (e.g. written by a stage): leave it
+            link.symlink_to(target, target_is_directory=True)
+        _save_config(point.cfg, pdir)
     return pdir
 
 
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def reused_rows(units: list[Unit], run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Rows of classifiers that `synthmed run` already trained in RUN_DIR with the same key (reused, not retrained)."""
+    layout, run_state, out = RunLayout(run_dir), State(run_dir), {}
+    for u in units:
+        if run_state.status(u.name, u.key) == "done" and layout.classifier_metrics(u.policy, u.seed).is_file():
+            out[u.key] = _result_row(u, run_dir, None)
+    return out
+
+
+def upstream_groups(units: list[Unit]) -> dict[Path, tuple[Config, bool]]:
+    """The upstream folders ``units`` need: folder -> (its config, whether a synthetic policy needs the synthetic
+    set)."""
+    groups: dict[Path, tuple[Config, bool]] = {}
+    for u in units:
+        cfg_u, synth = groups.get(u.point.upstream_dir, (u.point.upstream_cfg, False))
+        groups[u.point.upstream_dir] = (cfg_u, synth or u.synthetic)
+    return groups
+
+
+def missing_upstream(groups: dict[Path, tuple[Config, bool]], run_dir: Path) -> list[str]:
+    """``folder: stage`` for every shared stage the groups need that has not finished (with its current key)."""
+    out = []
+    for udir, (ucfg, synth) in groups.items():
+        keys, state, layout = upstream_keys(ucfg), State(udir), RunLayout(udir)
+        for name in UPSTREAM_STAGES[: upstream_stage_count(synth)]:
+            if stage_status(state, name, keys.get(name), outputs(layout, name)) != "done":
+                out.append(name if udir == run_dir else f"{os.path.relpath(udir, run_dir)}: {name}")
+    return out
+
+
+PHASES = ("all", "upstream", "train")
+
+
 def run_sweep(cfg: Config, run_dir: str | Path, workers: int = 1, shard: tuple[int, int] | None = None,
-              live: bool | None = None) -> Path:
-    """Train every grid point (of this shard) that has no result yet; returns ``RUN_DIR/results.csv``."""
+              live: bool | None = None, phase: str = "all") -> Path:
+    """Train every grid point (of this shard) that has no result yet; returns ``RUN_DIR/results.csv``.
+
+    ``phase``: ``all`` runs the shared stages, trains and merges (the local sweep); ``upstream`` only runs the shared
+    stages the classifiers still to train need (the first SLURM job); ``train`` trains this shard's classifiers,
+    refusing to start when a shared stage has not finished, and writes only the shard's own results file (a SLURM
+    array task; returns that file).
+    """
     run_dir = Path(run_dir)
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, run_dir)
+    _save_config(cfg, run_dir)
     units = plan_sweep(cfg, run_dir)
     grid_keys = list(cfg.sweep.grid)
     current = {u.key for u in units}
     layout = RunLayout(run_dir)
-    results = layout.results
-    own = layout.results_shard(*shard) if shard else results
-
-    def merged() -> dict[str, dict[str, Any]]:
-        rows: dict[str, dict[str, Any]] = {}
-        for path in [results, *sorted(run_dir.glob("results.shard-*-of-*.csv"))]:
-            for row in read_rows(path):
-                if row.get("train_key") in current:
-                    rows[row["train_key"]] = row
-        return rows
-
-    _retire_rows(run_dir, current, grid_keys)
-    done = merged()
+    own = layout.results_shard(*shard) if shard else layout.results
+    if phase != "train":  # array tasks write nothing but their shard file (the launcher retired old rows)
+        retire_rows(run_dir, current, grid_keys)
+    done = merged_rows(run_dir, current)
     own_rows = {r["train_key"]: r for r in read_rows(own) if r.get("train_key") in current} if shard else dict(done)
     mine = [u for i, u in enumerate(units) if (shard is None or i % shard[1] == shard[0]) and u.key not in done]
-    todo = []
-    run_state = State(run_dir)
-    for u in mine:  # a classifier `synthmed run` already trained with the same key is reused, not retrained
-        if run_state.status(u.name, u.key) == "done" and layout.classifier_metrics(u.policy, u.seed).is_file():
-            own_rows[u.key] = _result_row(u, run_dir, None)
-        else:
-            todo.append(u)
-    if len(todo) < len(mine):
+    reused = reused_rows(mine, run_dir)
+    todo = [u for u in mine if u.key not in reused]
+    if reused and phase != "upstream":
+        own_rows.update(reused)
         write_rows(own, list(own_rows.values()), grid_keys)
-    groups: dict[Path, tuple[Config, bool]] = {}
-    for u in todo:
-        cfg_u, synth = groups.get(u.point.upstream_dir, (u.point.upstream_cfg, False))
-        groups[u.point.upstream_dir] = (cfg_u, synth or u.synthetic)
-    total = sum(upstream_stage_count(s) for _, s in groups.values()) + len(todo)
+    groups = upstream_groups(todo)
+    if phase == "train" and (missing := missing_upstream(groups, run_dir)):
+        raise UserError(f"the shared stages of {run_dir} have not finished ({', '.join(missing)}): run them first "
+                        f"(`synthmed sweep --launcher slurm` submits them as a job before the array)")
+    total = (sum(upstream_stage_count(s) for _, s in groups.values()) if phase != "train" else 0) \
+        + (len(todo) if phase != "upstream" else 0)
     with Display(total, "synthmed sweep", live=live) as display:
         display.log(f"{len(units)} classifier(s) in the grid, {len(units) - len(todo)} already trained, {len(todo)} to train"
                     + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
-        for udir, (ucfg, synth) in groups.items():
-            udir.mkdir(parents=True, exist_ok=True)
-            save_resolved(ucfg, udir)
-            run_upstream(ucfg, udir, display, needs_synthetic=synth)
-        _train_all(todo, run_dir, workers, display, own_rows, own, grid_keys)
+        if phase != "train":
+            for udir, (ucfg, synth) in groups.items():
+                udir.mkdir(parents=True, exist_ok=True)
+                _save_config(ucfg, udir)
+                run_upstream(ucfg, udir, display, needs_synthetic=synth)
+        if phase != "upstream":
+            _train_all(todo, run_dir, workers, display, own_rows, own, grid_keys)
         display.finish()
-    all_rows = merged()
+    if phase != "all":
+        return own
+    all_rows = merged_rows(run_dir, current)
     all_rows.update(own_rows)
-    write_rows(results, list(all_rows.values()), grid_keys)
+    return _write_results(run_dir, all_rows, grid_keys, display.log)
+
+
+def _write_results(run_dir: Path, rows: dict[str, dict[str, Any]], grid_keys: list[str],
+                   log: Callable[[str], None]) -> Path:
+    results = RunLayout(run_dir).results
+    write_rows(results, list(rows.values()), grid_keys)
     try:
         STAGES.report(run_dir)
     except Exception as err:  # noqa: BLE001 - results are safe; the report is a convenience here
-        display.log(f"report not rebuilt: {err.__class__.__name__}: {err}")
+        log(f"report not rebuilt: {err.__class__.__name__}: {err}")
     return results
 
 
-def _retire_rows(run_dir: Path, current: set[str], grid_keys: list[str]) -> None:
-    """Move rows of an earlier, different sweep config from results.csv to results.previous.csv."""
-    results = RunLayout(run_dir).results
-    rows = read_rows(results)
-    old = [r for r in rows if r.get("train_key") not in current]
-    if not old:
-        return
-    prev = run_dir / "results.previous.csv"
-    keep = {r.get("train_key"): r for r in read_rows(prev) + old}
-    atomic_write_csv(prev, list(keep.values()), list(dict.fromkeys(k for r in keep.values() for k in r)))
-    write_rows(results, [r for r in rows if r.get("train_key") in current], grid_keys)
+def merge_sweep(cfg: Config, run_dir: str | Path, report: bool = True) -> tuple[Path, list[Unit]]:
+    """Merge every shard's rows (and classifiers `synthmed run` trained) into ``results.csv`` and rebuild the report
+    (``report``); trains nothing. Returns the file and the classifiers of the grid that still have no row."""
+    run_dir = Path(run_dir)
+    units = plan_sweep(cfg, run_dir)
+    grid_keys, current = list(cfg.sweep.grid), {u.key for u in units}
+    retire_rows(run_dir, current, grid_keys)
+    rows = merged_rows(run_dir, current)
+    rows.update(reused_rows([u for u in units if u.key not in rows], run_dir))
+    if report:
+        path = _write_results(run_dir, rows, grid_keys, lambda m: print(f"[synthmed sweep] {m}", file=sys.stderr))
+    else:
+        path = RunLayout(run_dir).results
+        write_rows(path, list(rows.values()), grid_keys)
+    return path, [u for u in units if u.key not in rows]
 
 
 def _train_all(todo: list[Unit], run_dir: Path, workers: int, display: Display,
                own_rows: dict[str, dict[str, Any]], own: Path, grid_keys: list[str]) -> None:
     spec = STAGES.train
-    states: dict[Path, State] = {}
     jobs = []
     for u in todo:
         pdir = _point_dir(run_dir, u.point)
-        st = states.setdefault(pdir, State(pdir))
-        if st.status(u.name, u.key) != "running":
-            st.start(u.name, u.key, [], [RunLayout(pdir).rel(RunLayout(pdir).classifier(u.policy, u.seed))])
-        jobs.append((u, pdir, st))
+        with _point_state(pdir) as st:
+            if st.status(u.name, u.key) != "running":
+                st.start(u.name, u.key, [], [RunLayout(pdir).rel(RunLayout(pdir).classifier(u.policy, u.seed))])
+        jobs.append((u, pdir))
 
-    def finish(u: Unit, pdir: Path, st: State, outcome: tuple[str, Any]) -> None:
+    def finish(u: Unit, pdir: Path, outcome: tuple[str, Any]) -> None:
         status, payload = outcome
         if status == "user_error":
             raise UserError(f"sweep point {u.point.pid}, policy {u.policy}, seed {u.seed}: {payload}")
-        st.finish(u.name)
+        with _point_state(pdir) as st:
+            st.finish(u.name)
         own_rows[u.key] = _result_row(u, pdir, payload)
         write_rows(own, list(own_rows.values()), grid_keys)
 
     if workers == 1 or len(jobs) <= 1:
-        for u, pdir, st in jobs:
+        for u, pdir in jobs:
             with display.unit(f"{u.point.pid} {u.policy} seed{u.seed}", classifier=True):
-                finish(u, pdir, st, train_unit(spec, u.point.cfg.model_dump(mode="json", by_alias=True),
-                                               str(pdir), u.policy, u.seed, 0))
+                finish(u, pdir, train_unit(spec, u.point.cfg.model_dump(mode="json", by_alias=True),
+                                           str(pdir), u.policy, u.seed, 0))
         return
 
     def done(job: TrainJob, outcome: tuple[str, Any]) -> None:
-        u, pdir, st = job.tag
-        finish(u, pdir, st, outcome)
+        u, pdir = job.tag
+        finish(u, pdir, outcome)
         display.completed(job.label)
 
     train_in_pool(spec, [TrainJob(f"{u.point.pid} {u.policy} seed{u.seed}",
                                   u.point.cfg.model_dump(mode="json", by_alias=True), pdir, u.policy, u.seed,
-                                  (u, pdir, st)) for u, pdir, st in jobs], workers, done)
+                                  (u, pdir)) for u, pdir in jobs], workers, done)

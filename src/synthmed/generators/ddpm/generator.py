@@ -120,9 +120,11 @@ class DDPMGenerator:
 
     # -------------------------------------------------------------- protocol: sampling
     def options(self, options: SampleOptions | None) -> tuple[str, int, float]:
-        """(sampler, steps, guidance) with the defaults filled in."""
+        """(sampler, steps, guidance) with the defaults filled in; ``default`` is the saved (training) DDPM
+        scheduler, i.e. the ``ddpm`` sampler."""
         o = options or SampleOptions()
         sampler = o.sampler or "dpmpp"
+        sampler = "ddpm" if sampler == "default" else sampler
         steps = o.steps or default_steps(sampler)
         return sampler, steps, DEFAULT_GUIDANCE if o.guidance is None else float(o.guidance)
 

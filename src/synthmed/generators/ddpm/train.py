@@ -3,7 +3,9 @@ min-SNR loss, EMA with warm-up, AdamW + warm-up + cosine, exact resume from pick
 
 Every random draw of the loop (batch indices, flips, noise, timesteps, label dropout) comes from one dedicated
 CPU ``torch.Generator`` whose state is checkpointed, so that an interrupted-then-resumed run on CPU ends with
-bit-identical weights.
+bit-identical weights. Several processes (``accelerate launch`` / torchrun) draw the same global batch of
+``batch_size`` and each trains on its share of the rows (``accel.DataParallel``; DDP averages the gradients), so they
+follow the 1-process trajectory up to float reduction order.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from synthmed.data.dataset import ImageSet
 from synthmed.errors import DataError, TrainingDivergedError, UserError
 from synthmed.generators import checkpoints as st
-from synthmed.generators.accel import make_accelerator, resolve_precision
+from synthmed.generators.accel import DataParallel, make_accelerator, resolve_precision
 from synthmed.generators.checkpoints import SimulatedInterrupt
 from synthmed.generators.config import DDPMConfig
 from synthmed.generators.ddpm.generator import DDPMGenerator
@@ -36,9 +38,13 @@ NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard")
 
 
 def fingerprint(cfg: DDPMConfig, seed: int, train: ImageSet, world: int) -> str:
-    """What a checkpoint must match to be resumed: trajectory config, seed, training images, world size."""
+    """What a checkpoint must match to be resumed: trajectory config, seed, training images, world size (several
+    processes: marked as sharing one global batch, unlike the per-process batches of older versions)."""
     d = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_TRAJECTORY_KEYS}
-    h = hashlib.sha256(json.dumps({"cfg": d, "seed": seed, "world": world}, sort_keys=True).encode())
+    facts: dict[str, Any] = {"cfg": d, "seed": seed, "world": world}
+    if world > 1:
+        facts["batch"] = "global"
+    h = hashlib.sha256(json.dumps(facts, sort_keys=True).encode())
     h.update(np.asarray(train.labels, np.int64).tobytes())
     h.update(np.ascontiguousarray(train.images).tobytes())
     return h.hexdigest()
@@ -110,6 +116,10 @@ def train_ddpm(
         raise DataError("training labels out of range of the class list")
     acc = make_accelerator(device)
     dev, world, rank = acc.device, acc.num_processes, acc.process_index
+    dp = DataParallel(rank, world)
+    dp.check_batch(cfg.batch_size, "generator.ddpm.batch_size")
+    rows = dp.share(cfg.batch_size)
+    n_local = rows.stop - rows.start
     amp = resolve_precision(cfg.mixed_precision, dev)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     arch = resolve_arch(cfg)
@@ -130,7 +140,7 @@ def train_ddpm(
                    foreach=True)
     ema.to(dev)
     names = [n for n, _ in base.named_parameters()]
-    g = torch.Generator("cpu").manual_seed(int(seed) * 1000 + 7919 * rank + 1)
+    g = torch.Generator("cpu").manual_seed(int(seed) * 1000 + 1)  # the same on every rank: one global batch
 
     data = policy.pad_uint8(train.images)  # uint8 (N, C, R, R), stays in memory
     labels = torch.as_tensor(train.labels, dtype=torch.long)
@@ -157,7 +167,7 @@ def train_ddpm(
     noise_sched.alphas_cumprod = acs
     unet.train()
     while step < cfg.steps:
-        x, y, noise, t = _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps, draw)
+        x, y, noise, t = (v[rows] for v in _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps, draw))
         x = to_model_range(x.to(dev, non_blocking=True))
         noise, t, y = noise.to(dev), t.to(dev), y.to(dev)
         noisy = noise_sched.add_noise(x, noise, t)
@@ -166,15 +176,15 @@ def train_ddpm(
         with ctx:
             pred = unet(noisy, t, class_labels=y).sample
         loss = loss_fn(pred, target, t, noise_sched, cfg.snr_gamma, cfg.prediction_type)
-        value = float(loss.detach())
+        value = dp.global_mean(loss, n_local, cfg.batch_size)
         if not math.isfinite(value):
             last = st.list_checkpoints(ckpt_root)
             keep = f"last good checkpoint: {last[-1][1]}" if last else "no checkpoint was written yet"
             raise TrainingDivergedError(
                 f"generator loss became {value} at step {step + 1}; {keep}; lower generator.ddpm.lr or use "
                 f"mixed_precision=no")
-        optimizer_step(loss, opt, lr_sched, unet.parameters(), cfg.grad_clip, scaler, backward=acc.backward,
-                       clip_grad_norm=acc.clip_grad_norm_)
+        optimizer_step(dp.local_loss(loss, n_local, cfg.batch_size), opt, lr_sched, unet.parameters(), cfg.grad_clip,
+                       scaler, backward=acc.backward, clip_grad_norm=acc.clip_grad_norm_)
         ema.step(base.parameters())
         step += 1
         losses.append(value)

@@ -60,7 +60,8 @@ class EDMGenerator(DDPMGenerator):
     # -------------------------------------------------------------- sampling
     def options(self, options: SampleOptions | None) -> tuple[str, int, float]:
         o = options or SampleOptions()
-        sampler = precond.resolve_sampler(o.sampler or "dpmpp")
+        # default = the saved scheduler (EDMEulerScheduler), i.e. the euler sampler
+        sampler = precond.resolve_sampler("euler" if o.sampler == "default" else o.sampler or "dpmpp")
         steps = o.steps or precond.DEFAULT_STEPS[sampler]
         return sampler, steps, DEFAULT_GUIDANCE if o.guidance is None else float(o.guidance)
 

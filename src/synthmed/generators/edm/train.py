@@ -2,7 +2,8 @@
 AdamW + warm-up + cosine, exact resume from pickle-free checkpoints (the DDPM kind's checkpoint helpers).
 
 Every random draw (batch indices, flips, noise, noise levels, label dropout) comes from one CPU ``torch.Generator``
-whose state is checkpointed, so an interrupted-then-resumed run on CPU ends with bit-identical weights.
+whose state is checkpointed, so an interrupted-then-resumed run on CPU ends with bit-identical weights. Several
+processes share each global batch of ``batch_size`` as the DDPM kind does (``accel.DataParallel``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard")
 
 
 def fingerprint(cfg: EDMConfig, seed: int, train: ImageSet, world: int) -> str:
-    """What a checkpoint must match to be resumed: trajectory config, seed, training images, world size."""
+    """What a checkpoint must match to be resumed: trajectory config, seed, training images, world size (several
+    processes: marked as sharing one global batch, unlike the per-process batches of older versions)."""
     d = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_TRAJECTORY_KEYS}
-    h = hashlib.sha256(json.dumps({"kind": "edm", "cfg": d, "seed": seed, "world": world}, sort_keys=True).encode())
+    facts: dict[str, Any] = {"kind": "edm", "cfg": d, "seed": seed, "world": world}
+    if world > 1:
+        facts["batch"] = "global"
+    h = hashlib.sha256(json.dumps(facts, sort_keys=True).encode())
     h.update(np.asarray(train.labels, np.int64).tobytes())
     h.update(np.ascontiguousarray(train.images).tobytes())
     return h.hexdigest()
@@ -82,7 +87,7 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
     from diffusers.training_utils import EMAModel
 
     from synthmed.generators import checkpoints as st
-    from synthmed.generators.accel import make_accelerator, resolve_precision
+    from synthmed.generators.accel import DataParallel, make_accelerator, resolve_precision
     from synthmed.generators.ddpm.model import ImagePolicy, build_unet, count_params, resolve_arch, to_model_range
     from synthmed.generators.ddpm.train import _load_checkpoint, _save_checkpoint
     from synthmed.generators.optim import optimizer_step
@@ -93,6 +98,10 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
         raise DataError("training labels out of range of the class list")
     acc = make_accelerator(device)
     dev, world, rank = acc.device, acc.num_processes, acc.process_index
+    dp = DataParallel(rank, world)
+    dp.check_batch(cfg.batch_size, "generator.edm.batch_size")
+    rows = dp.share(cfg.batch_size)
+    n_local = rows.stop - rows.start
     amp = resolve_precision(cfg.mixed_precision, dev, "generator.edm.mixed_precision")
     arch = resolve_arch(cfg)  # type: ignore[arg-type]  (same architecture fields as DDPMConfig)
     policy = ImagePolicy.for_data(*train.size, train.channels, cfg, len(arch["block_out_channels"]))  # type: ignore[arg-type]
@@ -111,7 +120,7 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
                    foreach=True)
     ema.to(dev)
     names = [n for n, _ in base.named_parameters()]
-    g = torch.Generator("cpu").manual_seed(int(seed) * 1000 + 7919 * rank + 1)
+    g = torch.Generator("cpu").manual_seed(int(seed) * 1000 + 1)  # the same on every rank: one global batch
     data = policy.pad_uint8(train.images)
     labels = torch.as_tensor(train.labels, dtype=torch.long)
     draws = IndexSampler(train.labels, len(classes), cfg.class_power)
@@ -139,14 +148,14 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
 
     unet.train()
     while step < cfg.steps:
-        x, y, noise, z = _batch(data, labels, draws, g, cfg, null_class)
+        x, y, noise, z = (v[rows] for v in _batch(data, labels, draws, g, cfg, null_class))
         loss = training_loss(net, sched, to_model_range(x.to(dev)), y.to(dev), noise.to(dev), z, cfg.p_mean, cfg.p_std)
-        value = float(loss.detach())
+        value = dp.global_mean(loss, n_local, cfg.batch_size)
         if not math.isfinite(value):
             raise TrainingDivergedError(f"generator loss became {value} at step {step + 1}; lower generator.edm.lr "
                                         "or use mixed_precision=no")
-        optimizer_step(loss, opt, lr_sched, unet.parameters(), cfg.grad_clip, None, backward=acc.backward,
-                       clip_grad_norm=acc.clip_grad_norm_)
+        optimizer_step(dp.local_loss(loss, n_local, cfg.batch_size), opt, lr_sched, unet.parameters(), cfg.grad_clip,
+                       None, backward=acc.backward, clip_grad_norm=acc.clip_grad_norm_)
         ema.step(base.parameters())
         step += 1
         losses.append(value)

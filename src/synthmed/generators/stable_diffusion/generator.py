@@ -1,10 +1,12 @@
 """``StableDiffusionGenerator``: a fine-tuned Stable Diffusion as a :class:`synthmed.generators.base.Generator`.
 
 ``fit`` trains one adapter per job (per-class LoRAs, a joint LoRA or the full UNet) under ``work_dir/<adapter>/``
-(checkpoints, ``done.json``; a finished adapter with the same fingerprint is reused; several processes train the
-per-class adapters in parallel). ``save`` writes the generator folder (``contract.py``):
-``lora/<class>/pytorch_lora_weights.safetensors`` + ``README.md`` (load with plain diffusers:
-``StableDiffusionPipeline.from_pretrained(base).load_lora_weights(folder)``) or ``unet/``, ``README.md``,
+(checkpoints, ``done.json``; a finished adapter with the same fingerprint is reused). Several processes
+(``accelerate launch`` / torchrun) share the work by ``parallel_mode``: per-class adapters round-robin, or every
+adapter data-parallel (a joint LoRA, the full UNet, or fewer adapters than processes); docs/multi-gpu.md.
+``save`` writes the generator folder (``contract.py``): ``lora/<class>/pytorch_lora_weights.safetensors`` +
+``README.md`` (load with plain diffusers: ``StableDiffusionPipeline.from_pretrained(base).load_lora_weights(folder)``)
+or ``unet/``, ``README.md``,
 ``generator_config.json``, ``synthmed.json``, ``training_images.csv``. ``sample`` is text-to-image, or image-to-image
 from ``SampleOptions.sources`` ("real guidance", ``strength``).
 """
@@ -48,7 +50,7 @@ def settings_and_runtime(cfg: Config, classes: list[str] | None = None) -> tuple
                  seed=int(sd.seed if sd.seed is not None else cfg.seed), cache_latents=sd.cache_latents,
                  cache_text=sd.cache_text, gradient_checkpointing=sd.gradient_checkpointing,
                  use_8bit_adam=sd.use_8bit_adam, checkpoint_every=sd.checkpoint_every,
-                 keep_checkpoints=sd.keep_checkpoints)
+                 keep_checkpoints=sd.keep_checkpoints, parallel=sd.parallel)
     return resolve(sd, classes), rt
 
 
@@ -139,7 +141,7 @@ class StableDiffusionGenerator:
 
     def fit(self, train: ImageSet, work_dir: Path, *, progress: bool = True,
             stop_after: int | None = None) -> StableDiffusionGenerator:
-        from synthmed.generators.accel import processes
+        from synthmed.generators.accel import DataParallel, processes
         from synthmed.generators.stable_diffusion.train import train_adapter
 
         self._use(train)
@@ -157,18 +159,25 @@ class StableDiffusionGenerator:
 
         rank, world, barrier = processes(self.cfg.device)
         jobs = self._jobs(Path(work_dir))
+        mode = parallel_mode(self.rt.parallel, len(jobs), world)
+        # adapters: whole adapters round-robin over the processes, each trained alone (bit-identical to one process);
+        # data: every process takes its share of every batch of every adapter (DDP)
+        mine, dp = (jobs[rank::world], DataParallel()) if mode == "adapters" else (jobs, DataParallel(rank, world))
         kind = self.cfg.tracking if rank == 0 else "none"
         with tracker_for(kind, Path(work_dir).parent, "generator",
                          {"generator": self.cfg.generator.stable_diffusion.model_dump(mode="json")}) as tracker:
-            for job in jobs[rank::world]:  # several processes: per-class adapters are trained in parallel
+            for job in mine:
                 fp = self._job_fingerprint(job)
+                dp.barrier()  # everyone sees the same finished / unfinished state
                 if _finished(job, fp) is None:
+                    dp.barrier()
                     fpf = job.work_dir / "fingerprint.txt"
-                    if fpf.is_file() and fpf.read_text().strip() != fp:
-                        shutil.rmtree(job.work_dir)  # other settings or images: old checkpoints must not be resumed
-                    atomic_write_text(fpf, fp)
+                    if dp.rank == 0:
+                        if fpf.is_file() and fpf.read_text().strip() != fp:
+                            shutil.rmtree(job.work_dir)  # other settings or images: old checkpoints must not resume
+                        atomic_write_text(fpf, fp)
                     train_adapter(load, self.st, self.rt, job, progress=progress and rank == 0,
-                                  stop_after=stop_after, tracker=tracker)
+                                  stop_after=stop_after, tracker=tracker, dp=dp)
         barrier()
         self.summaries = {job.name: json.loads((job.work_dir / "done.json").read_text()) for job in jobs}
         return self
@@ -236,7 +245,7 @@ class StableDiffusionGenerator:
     def options(self, options: SampleOptions | None) -> tuple[str, int, float]:
         o = options or SampleOptions()
         sampler = o.sampler or "dpmpp"
-        steps = o.steps or {"dpmpp": 25, "ddim": 50, "ddpm": 1000}[sampler]
+        steps = o.steps or {"default": 50, "dpmpp": 25, "ddim": 50, "ddpm": 1000}[sampler]
         return sampler, steps, float(self.st.guidance if o.guidance is None else o.guidance)
 
     def provenance(self, options: SampleOptions) -> dict[str, Any]:
@@ -314,6 +323,19 @@ class StableDiffusionGenerator:
                 for i, a in zip(part, float_to_uint8(np.asarray(imgs))):
                     out[i] = to_data_geometry(a, shape[:2], shape[2])
         return out
+
+
+def parallel_mode(setting: str, n_adapters: int, world: int) -> str:
+    """How several processes share the adapters: ``adapters`` (round-robin, each adapter on one process) or ``data``
+    (every adapter data-parallel over all processes). ``auto``: round-robin when there are at least as many adapters
+    as processes (per-class LoRAs: no communication, full batches, bit-identical to one process), else data."""
+    if setting not in ("auto", "data", "adapters"):
+        raise ConfigError(f"generator.stable_diffusion.parallel must be auto, data or adapters, got '{setting}'")
+    if world == 1:
+        return "adapters"
+    if setting == "auto":
+        return "adapters" if n_adapters >= world else "data"
+    return setting
 
 
 def _finished(job: AdapterJob, fp: str) -> dict[str, Any] | None:

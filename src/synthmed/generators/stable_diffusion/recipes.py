@@ -1,10 +1,15 @@
 """Named fine-tuning recipes for Stable Diffusion and their resolution against the user's overrides.
 
 * ``cytodiff``: one LoRA per class (rank 16, alpha 16) on the UNet attention and the text encoder, 16 shots,
-  lr 1e-4, AdamW wd 1e-2, cosine + 100 warm-up steps, batch 8, 300 epochs, 512 px, clip 1.0; guidance 2.0.
+  lr 1e-4, AdamW wd 1e-2, cosine + 100 warm-up steps, batch 8, 300 epochs, 512 px, clip 1.0, plain MSE loss;
+  guidance 2.0 (CytoDiff, Boada et al. 2025; docs/recipes.md).
 * ``datadream``: the same per-class LoRA set-up with the template "a photo of a {class}" (200 epochs).
 * ``datadream_joint``: one LoRA for all classes; the class is named in the prompt.
-* ``full_unet``: the whole UNet fine-tuned, VAE and text encoder frozen (the OCT study), one prompt per class.
+* ``full_unet``: the whole UNet fine-tuned, VAE and text encoder frozen, all training images, lr 1e-4, batch 8,
+  30 epochs, 512 px, guidance 7.5 (the OCT synthetic-ratio study's README; docs/recipes.md), one prompt per class.
+
+The published recipes train with the plain noise-prediction MSE, so min-SNR weighting is off by default
+(``snr_gamma: 5`` turns it on).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 _COMMON: dict[str, Any] = dict(
     resolution=512, rank=16, alpha=16.0, unet_targets=UNET_LORA_TARGETS, text_encoder_targets=TEXT_LORA_TARGETS,
     shots=16, lr=1e-4, weight_decay=1e-2, lr_scheduler="cosine", warmup_steps=100, batch_size=8, epochs=300,
-    grad_clip=1.0, snr_gamma=5.0, guidance=2.0,
+    grad_clip=1.0, snr_gamma=None, guidance=2.0,
 )
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -30,7 +35,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "datadream": dict(_COMMON, per_class=True, lora=True, epochs=200, prompt_template="a photo of a {class}"),
     "datadream_joint": dict(_COMMON, per_class=False, lora=True, epochs=200, prompt_template="a photo of a {class}"),
     "full_unet": dict(
-        _COMMON, per_class=False, lora=False, text_encoder_targets=[], shots=None, epochs=100, weight_decay=1e-2,
+        _COMMON, per_class=False, lora=False, text_encoder_targets=[], shots=None, epochs=30, weight_decay=1e-2,
         guidance=7.5, prompt_template="a medical image of a {class}",
     ),
 }

@@ -9,13 +9,30 @@ from typing import Any
 from synthmed.errors import DataError, UserError
 
 
+_BASE_SCHEDULER = "_synthmed_base_scheduler"
+
+
 def set_sampler(pipe: Any, sampler: str) -> None:
-    """dpmpp -> DPM-Solver++ (multistep), ddim -> DDIM, ddpm -> DDPM; configured from the base's scheduler."""
+    """default -> the scheduler the pipeline was loaded with (the base model's own, untouched); dpmpp ->
+    DPM-Solver++ (multistep), ddim -> DDIM, ddpm -> DDPM, each configured from that base scheduler.
+
+    The base scheduler is remembered on the pipeline at the first call, so switching back to ``default`` after
+    another sampler restores it."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    cls = {"dpmpp": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler}[sampler]
+    base = getattr(pipe, _BASE_SCHEDULER, None)
+    if base is None:
+        base = pipe.scheduler
+        setattr(pipe, _BASE_SCHEDULER, base)
+    if sampler == "default":
+        pipe.scheduler = base
+        return
+    classes = {"dpmpp": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+    if sampler not in classes:
+        raise UserError(f"generation.sampler={sampler} is not a Stable Diffusion sampler "
+                        f"(choose from default, {', '.join(classes)})")
     kwargs = {"algorithm_type": "dpmsolver++"} if sampler == "dpmpp" else {}
-    pipe.scheduler = cls.from_config(pipe.scheduler.config, **kwargs)
+    pipe.scheduler = classes[sampler].from_config(base.config, **kwargs)
 
 
 def load_adapter(pipe: Any, folder: Path, name: str, base: str, trained_on: str | None) -> None:

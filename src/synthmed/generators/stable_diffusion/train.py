@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.errors import TrainingDivergedError
+from synthmed.generators.accel import DataParallel
 from synthmed.generators.checkpoints import SimulatedInterrupt
 from synthmed.generators.optim import optimizer_step
 from synthmed.generators.stable_diffusion.base import derived_seed, move, to_sd_tensor, tokenize
@@ -58,6 +59,7 @@ class Runtime:
     use_8bit_adam: bool = True
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
+    parallel: str = "auto"  # several processes: auto | data (each adapter data-parallel) | adapters (round-robin)
 
 
 def _present_targets(model: Any, targets: list[str]) -> list[str]:
@@ -174,9 +176,26 @@ def torch_cat_moments(enc: _Encoder, variant: Any, idx: Any) -> Any:
     return enc._moments(pix)
 
 
-def _loss(pipe: Any, noise_sched: Any, unet: Any, enc: _Encoder, st: SDSettings, rt: Runtime, idx: Any,
-          g: Any) -> Any:
-    """The (min-SNR weighted) denoising loss of images ``idx`` with randomness from CPU generator ``g``."""
+def _denoiser(unet: Any, te: Any, enc: _Encoder, cond_dtype: Any) -> Any:
+    """One module over the trained parts (UNet, text encoder), so that a single DDP wraps both."""
+    import torch
+
+    class Denoiser(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unet, self.text_encoder = unet, te
+
+        def forward(self, noisy: Any, t: Any, idx: Any) -> Any:
+            cond = enc.text(idx)
+            return self.unet(noisy, t, cond.to(cond_dtype or cond.dtype), return_dict=False)[0]
+
+    return Denoiser()
+
+
+def _loss(pipe: Any, noise_sched: Any, model: Any, enc: _Encoder, st: SDSettings, rt: Runtime, idx: Any,
+          g: Any, rows: slice = slice(None)) -> Any:
+    """The (min-SNR weighted) denoising loss, averaged over rows ``rows`` of the batch of images ``idx``; all the
+    batch's randomness is drawn from CPU generator ``g`` whatever ``rows`` is (data parallelism keeps a share)."""
     import torch
     import torch.nn.functional as F
     from diffusers.training_utils import compute_snr
@@ -184,13 +203,14 @@ def _loss(pipe: Any, noise_sched: Any, unet: Any, enc: _Encoder, st: SDSettings,
     b = len(idx)
     n_var = enc.moments.shape[0] if enc.moments is not None else enc.pixels.shape[0]
     variant = torch.randint(0, n_var, (b,), generator=g)
-    lat_c = unet.config.in_channels
+    lat_c = pipe.unet.config.in_channels
     res = st.resolution // (2 ** (len(pipe.vae.config.block_out_channels) - 1))
     eps = torch.randn((b, lat_c, res, res), generator=g)
     noise = torch.randn((b, lat_c, res, res), generator=g)
     if st.noise_offset:
         noise = noise + st.noise_offset * torch.randn((b, lat_c, 1, 1), generator=g)
     t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=g)
+    idx, variant, eps, noise, t = idx[rows], variant[rows], eps[rows], noise[rows], t[rows]
     dev = rt.device
     latents = enc.latents(variant.to(dev) if enc.moments is not None else variant, idx.to(dev), eps.to(dev))
     noise, t = noise.to(dev), t.to(dev)
@@ -198,9 +218,7 @@ def _loss(pipe: Any, noise_sched: Any, unet: Any, enc: _Encoder, st: SDSettings,
     target = noise if noise_sched.config.prediction_type == "epsilon" else noise_sched.get_velocity(latents, noise, t)
     use_amp = getattr(dev, "type", "") == "cuda" and rt.dtype != torch.float32
     with torch.autocast(dev.type, dtype=rt.dtype, enabled=use_amp):
-        cond = enc.text(idx.to(dev))
-        pred = unet(noisy.to(rt.dtype if st.lora else torch.float32), t, cond.to(rt.dtype if st.lora else cond.dtype),
-                    return_dict=False)[0]
+        pred = model(noisy.to(rt.dtype if st.lora else torch.float32), t, idx.to(dev))
     if st.snr_gamma is None:
         return F.mse_loss(pred.float(), target.float())
     snr = compute_snr(noise_sched, t)
@@ -210,7 +228,7 @@ def _loss(pipe: Any, noise_sched: Any, unet: Any, enc: _Encoder, st: SDSettings,
     return (per * w).mean()
 
 
-def eval_loss(pipe: Any, noise_sched: Any, unet: Any, enc: _Encoder, st: SDSettings, rt: Runtime, seed: int,
+def eval_loss(pipe: Any, noise_sched: Any, model: Any, enc: _Encoder, st: SDSettings, rt: Runtime, seed: int,
               repeats: int = 4) -> float:
     """Plain-MSE loss on every image with fixed noise/timesteps (comparable before and after training)."""
     import dataclasses
@@ -223,41 +241,52 @@ def eval_loss(pipe: Any, noise_sched: Any, unet: Any, enc: _Encoder, st: SDSetti
     with torch.no_grad():
         for r in range(repeats):
             g = torch.Generator().manual_seed(derived_seed(seed, "eval", r))
-            total += float(_loss(pipe, noise_sched, unet, enc, plain, rt, torch.arange(n), g))
+            total += float(_loss(pipe, noise_sched, model, enc, plain, rt, torch.arange(n), g))
     return total / repeats
 
 
 def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job: AdapterJob,
-                  progress: bool = True, stop_after: int | None = None, tracker: Any = None) -> dict[str, Any]:
+                  progress: bool = True, stop_after: int | None = None, tracker: Any = None,
+                  dp: DataParallel | None = None) -> dict[str, Any]:
     """Train ``job`` (resuming from its latest checkpoint); returns a summary (steps, losses, seconds).
 
+    ``dp``: the processes training this adapter together (each computes its share of every batch, DDP averages the
+    gradients; rank 0 writes checkpoints and weights); None = this process alone.
     ``stop_after=k`` raises ``SimulatedInterrupt`` after step k (tests simulate a crash)."""
     import torch
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
+    dp = dp or DataParallel()
     t0 = time.monotonic()
     n = len(job.images)
     total = st.steps_for(n)
     seed = derived_seed(rt.seed, job.name)
+    bs = min(st.batch_size, n)
+    dp.check_batch(bs, "generator.stable_diffusion.batch_size (or the images of an adapter)")
     pipe = load_pipe()
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     unet, te, trainable = prepare_models(pipe, st, rt, derived_seed(seed, "init"))
     enc = _Encoder(pipe, st, rt, job)
+    model = _denoiser(unet, te, enc, rt.dtype if st.lora else None)
     opt = _optimizer(trainable, st, rt)
     sched = get_scheduler(st.lr_scheduler, opt, num_warmup_steps=min(st.warmup_steps, total),
                           num_training_steps=total)
     scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 and rt.device.type == "cuda" else None
-    loss_start = eval_loss(pipe, noise_sched, unet, enc, st, rt, seed)
+    loss_start = eval_loss(pipe, noise_sched, model, enc, st, rt, seed)
     start = 0
+    dp.barrier()  # rank 0 may have cleaned this adapter's folder
     ckpts = [c for c in checkpoints(job.work_dir) if int(c.name.split("-")[1]) <= total]
     if ckpts:
         start = load_checkpoint(ckpts[-1], unet, te, opt, sched, scaler)
         log.info("%s: resumed from %s", job.name, ckpts[-1])
-    bs = min(st.batch_size, n)
+    ddp = dp.wrap(model, rt.device)  # after loading: DDP starts from rank 0's (identical) weights
+    rows = dp.share(bs)
+    n_local = rows.stop - rows.start
+    main = dp.rank == 0
     per_epoch = math.ceil(n / bs)
     bar = None
-    if progress and start < total:
+    if progress and main and start < total:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=start, desc=f"finetune {job.name}", unit="step", dynamic_ncols=True, leave=False)
@@ -269,35 +298,40 @@ def train_adapter(load_pipe: Callable[[], Any], st: SDSettings, rt: Runtime, job
         if len(idx) < bs:  # last partial batch: top up from the start of the permutation
             idx = torch.cat([idx, perm[: bs - len(idx)]])
         g = torch.Generator().manual_seed(derived_seed(seed, "step", step))
-        loss = _loss(pipe, noise_sched, unet, enc, st, rt, idx, g)
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"SD fine-tuning of '{job.name}' diverged at step {step} (loss {loss.item()}); "
+        loss = _loss(pipe, noise_sched, ddp, enc, st, rt, idx, g, rows)
+        value = dp.global_mean(loss, n_local, bs)
+        if not math.isfinite(value):
+            raise TrainingDivergedError(f"SD fine-tuning of '{job.name}' diverged at step {step} (loss {value}); "
                                         "lower generator.stable_diffusion.lr; the last checkpoint is kept")
-        optimizer_step(loss, opt, sched, trainable, st.grad_clip, scaler)
-        losses.append(float(loss.detach()))
-        if tracker is not None:
+        optimizer_step(dp.local_loss(loss, n_local, bs), opt, sched, trainable, st.grad_clip, scaler)
+        losses.append(value)
+        if tracker is not None and main:
             tracker.log({f"generator/{job.name}/loss": losses[-1]}, len(losses) + start)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
-        if done % rt.checkpoint_every == 0 or done == total:
+        if (done % rt.checkpoint_every == 0 or done == total) and main:
             save_checkpoint(job.work_dir, done, unet, te, opt, sched, scaler, rt.keep_checkpoints)
         if stop_after is not None and done >= stop_after and done < total:
+            dp.barrier()
             raise SimulatedInterrupt(f"stopped after step {done}")
     if bar is not None:
         bar.close()
     unet.eval()
     te.eval()
-    loss_end = eval_loss(pipe, noise_sched, unet, enc, st, rt, seed)
-    path = save_adapter(pipe, st, job.out_dir)
+    loss_end = eval_loss(pipe, noise_sched, model, enc, st, rt, seed)
     summary = {"name": job.name, "steps": total, "resumed_from": start, "images": n, "loss_start": loss_start,
                "loss_end": loss_end, "train_loss_last": float(np.mean(losses[-per_epoch:])) if losses else None,
-               "seconds": round(time.monotonic() - t0, 2), "file": str(path), "sha256": sha256_file(path)}
-    atomic_write_json(job.work_dir / "done.json", summary)
-    if tracker is not None:
-        tracker.log({f"generator/{job.name}/eval_loss_start": loss_start, f"generator/{job.name}/eval_loss_end": loss_end},
-                    total)
+               "seconds": round(time.monotonic() - t0, 2), "processes": dp.world}
+    if main:
+        path = save_adapter(pipe, st, job.out_dir)
+        summary.update({"file": str(path), "sha256": sha256_file(path)})
+        atomic_write_json(job.work_dir / "done.json", summary)
+        if tracker is not None:
+            tracker.log({f"generator/{job.name}/eval_loss_start": loss_start,
+                         f"generator/{job.name}/eval_loss_end": loss_end}, total)
+    dp.barrier()  # the weights and done.json are written before anyone reads them
     return summary
 
 
