@@ -156,3 +156,16 @@ def test_decide_drops_far_from_prototype_after_confidence_and_before_duplicates(
     assert r.reasons == ["far_from_prototype", "low_confidence", "", ""]
     stats = filtering.filter_stats(labels, r, ["a", "b"])
     assert stats["per_class"]["a"]["dropped"]["far_from_prototype"] == 1
+
+
+def test_bare_off_from_yaml_means_off() -> None:
+    """`--set filter.prototype=off` parses as YAML False; it must mean "off", not a validation error."""
+    from synthmed.config import load_config
+
+    cfg = load_config(None, ["filter.per_class_confidence=off", "filter.prototype=off"])
+    assert cfg.filter.per_class_confidence == "off" and cfg.filter.prototype == "off"
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        FilterConfig(prototype=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class FilterConfig(BaseModel):
@@ -43,3 +43,9 @@ class FilterConfig(BaseModel):
     )
     gate_min_kept_fraction: float | None = Field(0.5, ge=0.0, le=1.0, description="fail when the filter keeps less than this")
     gate_max_copy_fraction: float | None = Field(0.05, ge=0.0, le=1.0, description="fail when more are flagged as copies")
+
+    @field_validator("per_class_confidence", "prototype", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, value: object) -> object:
+        """YAML 1.1 reads a bare ``off`` (in a file or ``--set a.b=off``) as False: it means the value "off"."""
+        return "off" if value is False else value
