@@ -76,9 +76,10 @@ def main() -> int:
     base = args.baseline or (max(classical, key=merged.val_mean) if classical else None)
     if base is None:
         return 0
-    print(f"\nPaired differences in test balanced accuracy vs {base} (best classical on real val), shared seeds:\n")
+    why = "given with --baseline" if args.baseline else "best classical on real val"
+    print(f"\nPaired differences in test balanced accuracy vs {base} ({why}), shared seeds:\n")
     for p in order:
-        if p == base or kinds[p] != "synthetic":
+        if p == base or (kinds[p] != "synthetic" and not args.baseline):
             continue
         d = collect.paired_difference(merged.values(p), merged.values(base))
         ci = f"[{d['lo']:+.4f}, {d['hi']:+.4f}]" if math.isfinite(d["lo"]) else "(no CI)"

@@ -15,7 +15,8 @@ class FilterConfig(BaseModel):
     enabled: bool = Field(True, description="vet the synthetic set before training (strongly recommended)")
     min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="tau: keep if a real-data classifier gives the intended class >= tau")
     per_class_confidence: Literal["off", "real_val"] = Field(
-        "off", description="real_val: class c's threshold is min(tau, the real_val_quantile of the vetting "
+        "real_val", description="real_val (default: it won in every long-tail measurement, BENCHMARKS.md): class c's "
+                                "threshold is min(tau, the real_val_quantile of the vetting "
                            "classifier's confidence on real val images of c), so a class the classifier finds hard "
                            "even on real images is not starved")
     real_val_quantile: float = Field(0.1, ge=0.0, le=1.0, description="quantile for per_class_confidence=real_val")
