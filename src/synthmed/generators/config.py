@@ -29,6 +29,10 @@ class DDPMConfig(_Strict):
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance label dropout")
     class_power: float = Field(1.0, ge=0.0, le=1.0, description="draw class c with p ~ n_c ** gamma (1 = uniform over "
                                                               "images, 0 = class-balanced)")
+    cbdm_tau: float = Field(0.0, ge=0, description="CBDM regulariser weight tau (Qin et al. 2023): pull the prediction "
+                            "under the true label towards the one under a class drawn uniformly, weighted t/T * tau; "
+                            "0 = off (an extra forward and backward per step when on)")
+    cbdm_gamma: float = Field(0.25, ge=0, description="weight of CBDM's commitment term (relative to tau)")
     steps: int = Field(2000, ge=1, description="optimisation steps")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0)

@@ -41,6 +41,8 @@ def fingerprint(cfg: DDPMConfig, seed: int, train: ImageSet, world: int) -> str:
     """What a checkpoint must match to be resumed: trajectory config, seed, training images, world size (several
     processes: marked as sharing one global batch, unlike the per-process batches of older versions)."""
     d = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_TRAJECTORY_KEYS}
+    if not cfg.cbdm_tau:  # off: checkpoints written before the CBDM option existed still resume
+        d.pop("cbdm_tau"), d.pop("cbdm_gamma")
     facts: dict[str, Any] = {"cfg": d, "seed": seed, "world": world}
     if world > 1:
         facts["batch"] = "global"
@@ -62,6 +64,17 @@ def compute_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tens
     weights = weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr.clamp(min=1e-8)
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (per_sample * weights).mean()
+
+
+def cbdm_regulariser(pred: torch.Tensor, pred_bal: torch.Tensor, t: torch.Tensor, num_train_timesteps: int,
+                     y: torch.Tensor, null_class: int, tau: float, gamma: float) -> torch.Tensor:
+    """CBDM's class-balancing term (Qin et al., CVPR 2023), averaged over the batch: with ``pred`` the prediction
+    under the true label and ``pred_bal`` under a class drawn uniformly, ``w * |pred - sg(pred_bal)|^2 + gamma * w *
+    |sg(pred) - pred_bal|^2`` with ``w = tau * t / T``; rows whose label was dropped (CFG) contribute nothing."""
+    w = tau * t.float() / num_train_timesteps * (y != null_class).float()
+    reg = F.mse_loss(pred.float(), pred_bal.detach().float(), reduction="none").mean(dim=(1, 2, 3))
+    com = F.mse_loss(pred.detach().float(), pred_bal.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (w * (reg + gamma * com)).mean()
 
 
 @dataclass
@@ -95,6 +108,8 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DD
     if cfg.label_dropout > 0:
         drop = torch.rand(b, generator=g) < cfg.label_dropout
         y = torch.where(drop, torch.full_like(y, null_class), y)
+    if cfg.cbdm_tau > 0:  # drawn last, so that turning CBDM off leaves every other draw as it was
+        return x, y, noise, t, torch.randint(null_class, (b,), generator=g)
     return x, y, noise, t
 
 
@@ -167,7 +182,8 @@ def train_ddpm(
     noise_sched.alphas_cumprod = acs
     unet.train()
     while step < cfg.steps:
-        x, y, noise, t = (v[rows] for v in _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps, draw))
+        x, y, noise, t, *y_bal = (v[rows] for v in _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps,
+                                                          draw))
         x = to_model_range(x.to(dev, non_blocking=True))
         noise, t, y = noise.to(dev), t.to(dev), y.to(dev)
         noisy = noise_sched.add_noise(x, noise, t)
@@ -176,6 +192,11 @@ def train_ddpm(
         with ctx:
             pred = unet(noisy, t, class_labels=y).sample
         loss = loss_fn(pred, target, t, noise_sched, cfg.snr_gamma, cfg.prediction_type)
+        if y_bal:
+            with ctx:
+                pred_bal = unet(noisy, t, class_labels=y_bal[0].to(dev)).sample
+            loss = loss + cbdm_regulariser(pred, pred_bal, t, cfg.num_train_timesteps, y, null_class, cfg.cbdm_tau,
+                                           cfg.cbdm_gamma)
         value = dp.global_mean(loss, n_local, cfg.batch_size)
         if not math.isfinite(value):
             last = st.list_checkpoints(ckpt_root)
@@ -208,6 +229,7 @@ def train_ddpm(
         "prediction_type": cfg.prediction_type, "beta_schedule": cfg.beta_schedule, "snr_gamma": cfg.snr_gamma,
         "label_dropout": cfg.label_dropout, "class_power": cfg.class_power, "ema_decay": cfg.ema_decay,
         "ema_power": cfg.ema_power,
+        **({"cbdm_tau": cfg.cbdm_tau, "cbdm_gamma": cfg.cbdm_gamma} if cfg.cbdm_tau else {}),
         "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
     gen.settings, gen.seed, gen.device_name, gen.world, gen.train = cfg, int(seed), device, world, train
