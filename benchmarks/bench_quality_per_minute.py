@@ -1,0 +1,164 @@
+"""Quality per CPU-minute, DDPM vs EDM: Inception FID on BloodMNIST at fixed minutes of generator training.
+
+Each kind trains one run (one cosine schedule of ``--train-steps``) on the full BloodMNIST train split, with a
+checkpoint every ``--every`` steps and the training wall time recorded at each; training stops once it has run the
+largest of ``--marks`` minutes. For each mark the checkpoint nearest to it is sampled (EMA weights, ``--n``
+images with the labels of ``--n`` real test images, per-image seeds 0..n-1, DPM-Solver++) and scored against those
+real test images with the FID Inception (``../shared/weights``). Everything except the kind is the same: preset,
+batch, learning rate, warm-up, EMA, flips. Resumable: rerun the same command (points live in ``--work``).
+
+    python benchmarks/bench_quality_per_minute.py --kinds ddpm,edm --preset S --marks 10,20,30,45 --n 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_ddpm_samplers import CLASSES, blood, cached, fid, inception_features  # noqa: E402
+
+
+def settings(kind: str, args: argparse.Namespace):
+    """The generator config of ``kind``: identical training settings, the formulation differs."""
+    from synthmed.generators.config import DDPMConfig
+    from synthmed.generators.edm.config import EDMConfig
+
+    common = dict(preset=args.preset, steps=args.train_steps, batch_size=args.batch, lr=args.lr,
+                  warmup_steps=min(100, args.train_steps // 10), checkpoint_every=args.every, keep_checkpoints=1000,
+                  hflip=True, vflip=True, ema_decay=args.ema_decay, mixed_precision="no")
+    if kind == "ddpm":
+        return DDPMConfig(prediction_type="v_prediction", snr_gamma=5.0, **common)
+    return EDMConfig(**common)
+
+
+def train_until(kind: str, cfg, work: Path, step: int, x, y) -> None:
+    """Train (resuming from the last checkpoint) up to ``step``."""
+    from synthmed.data.dataset import ImageSet
+    from synthmed.generators.checkpoints import SimulatedInterrupt
+
+    data = ImageSet(x, y, [f"train/{i}" for i in range(len(y))])
+    if kind == "ddpm":
+        from synthmed.generators.ddpm.train import train_ddpm as fn
+    else:
+        from synthmed.generators.edm.train import train_edm as fn
+    try:
+        fn(cfg, data, CLASSES, work, seed=0, device="cpu", stop_after=step, progress=False)
+    except SimulatedInterrupt:
+        pass
+
+
+def generator_at(kind: str, cfg, work: Path, step: int):
+    """The EMA weights of checkpoint ``step`` as a generator of ``kind`` (28 px, padded to 32)."""
+    from diffusers import DDPMScheduler
+
+    from synthmed.generators.checkpoints import load_tensors
+    from synthmed.generators.ddpm.generator import DDPMGenerator
+    from synthmed.generators.ddpm.model import ImagePolicy, build_unet, resolve_arch
+    from synthmed.generators.edm import precond
+    from synthmed.generators.edm.generator import EDMGenerator
+
+    arch = resolve_arch(cfg)
+    unet = build_unet(arch, 3, len(CLASSES), 32)
+    ema = load_tensors(work / "checkpoints" / f"step-{step:07d}" / "ema.safetensors")
+    missing, _ = unet.load_state_dict(ema, strict=False)
+    if [m for m in missing if m in dict(unet.named_parameters())]:
+        raise SystemExit(f"checkpoint {step}: parameters missing from the EMA weights")
+    policy = ImagePolicy.for_data(28, 28, 3, cfg, len(arch["block_out_channels"]))
+    if kind == "ddpm":
+        sched = dict(DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                   prediction_type=cfg.prediction_type).config)
+        return DDPMGenerator(unet.eval(), sched, CLASSES, policy)
+    sched = precond.scheduler_config(cfg.sigma_data, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    return EDMGenerator(unet.eval(), sched, CLASSES, policy)
+
+
+def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minutes: float, x, y) -> None:
+    """Train checkpoint by checkpoint, recording wall and CPU minutes at each, until ``stop_minutes``."""
+    for step in range(cfg.checkpoint_every, cfg.steps + 1, cfg.checkpoint_every):
+        if str(step) in points:
+            continue
+        done = [p["minutes"] for p in points.values()]
+        if done and max(done) >= stop_minutes:
+            return
+        prev = max(done, default=0.0), max((p["cpu_minutes"] for p in points.values()), default=0.0)
+        t0, c0 = time.time(), time.process_time()
+        train_until(kind, cfg, work, step, x, y)
+        points[str(step)] = {"minutes": prev[0] + (time.time() - t0) / 60,
+                             "cpu_minutes": prev[1] + (time.process_time() - c0) / 60}
+        log.write_text(json.dumps(points, indent=1))
+        print(f"{kind} step {step}: {points[str(step)]['minutes']:.1f} min", flush=True)
+
+
+def main() -> None:
+    import numpy as np
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kinds", default="ddpm,edm")
+    p.add_argument("--preset", default="S")
+    p.add_argument("--train-steps", type=int, default=2000, help="length of the cosine schedule")
+    p.add_argument("--every", type=int, default=100)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--marks", default="10,20,30,45", help="training minutes at which to score")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--guidance", type=float, default=1.5)
+    p.add_argument("--sampler-steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--phase", default="all", choices=["all", "train", "score"])
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_quality_per_minute"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    marks = [float(m) for m in args.marks.split(",")]
+    xr, yr = blood("test", args.n, seed=1)
+    xt, yt = blood("train")
+    real = None
+    rows = []
+    for kind in args.kinds.split(","):
+        cfg = settings(kind, args)
+        work = args.work / f"{kind}-{args.preset}-b{args.batch}-lr{args.lr}-s{args.train_steps}"
+        work.mkdir(parents=True, exist_ok=True)
+        log = work / "points.json"
+        points = json.loads(log.read_text()) if log.is_file() else {}
+        if args.phase in ("all", "train"):
+            train_phase(kind, cfg, work, points, log, max(marks), xt, yt)
+        if args.phase == "train":
+            continue
+        for mark in marks:
+            if not points or max(q["minutes"] for q in points.values()) < mark:
+                print(f"{kind}: training has not reached {mark} min", flush=True)
+                continue
+            step = min((int(s) for s in points), key=lambda s: abs(points[str(s)]["minutes"] - mark))
+            pt = points[str(step)]
+            key = f"fid_n{args.n}_g{args.guidance}_k{args.sampler_steps}"
+            if key not in pt:
+                from synthmed.generators.base import SampleOptions
+
+                t0 = time.time()
+                imgs = generator_at(kind, cfg, work, step).sample(
+                    yr.tolist(), list(range(len(yr))),
+                    SampleOptions("dpmpp", args.sampler_steps, args.guidance, batch_size=100))
+                sample_min = (time.time() - t0) / 60
+                if real is None:
+                    real = cached(args.work / f"real_test_{args.n}.npy", lambda: inception_features(xr))
+                pt[key] = fid(real, inception_features(imgs))
+                pt["sample_minutes"] = sample_min
+                log.write_text(json.dumps(points, indent=1))
+            rows.append((kind, mark, step, pt["minutes"], pt["cpu_minutes"], pt[key]))
+            print(f"| {kind} | {mark:g} | {step} | {pt['minutes']:.1f} | {pt['cpu_minutes']:.1f} | {pt[key]:.1f} |",
+                  flush=True)
+    print(f"\n{args.preset}, batch {args.batch}, lr {args.lr}, DPM++ {args.sampler_steps} steps, guidance "
+          f"{args.guidance}, FID at n = {args.n} (generated vs real test)\n"
+          "| kind | mark (min) | step | training wall (min) | training CPU (min) | FID |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:g} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
