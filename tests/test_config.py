@@ -68,3 +68,23 @@ def test_with_overrides_keeps_defaults_unset() -> None:
     copy = with_overrides(cfg, {"seed": 1})
     assert copy.generator.ddpm.model_fields_set == cfg.generator.ddpm.model_fields_set
     assert resolve_arch(copy.generator.ddpm)["layers_per_block"] == 1
+
+
+def test_sweep_policies_must_be_run_policies(tmp_path: Path) -> None:
+    text = "run:\n  policies:\n    add200: {mix.policy: add_per_class}\nsweep:\n  grid: {mix.add_per_class: [1]}\n"
+    ok = load_config(write(tmp_path, text + "  policies: [add200]\n"))
+    assert ok.sweep.policies == ["add200"]
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text + "  policies: [add200, ratio]\n"))
+    msg = str(err.value)
+    assert msg == ("invalid config: sweep.policies names 'ratio', which run.policies does not define "
+                   "(run.policies has: add200)")
+    with pytest.raises(ConfigError, match="sweep.policies names 'ratio'"):
+        with_overrides(ok, ["sweep.policies=[ratio]"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    for name in cfg.sweep.policies or []:
+        assert name in cfg.run.policies
