@@ -32,7 +32,7 @@ def _num(v: object, d: int = 3) -> str:
     return f"{v:.{d}f}" if isinstance(v, (int, float)) and math.isfinite(float(v)) else "–"
 
 
-def table(run_dir: Path, wall: float | None) -> str:
+def table(run_dir: Path, wall: float | None, what: str = "run + sweep") -> str:
     from synthmed.report import collect
 
     _, cfg = collect.load_config(run_dir)
@@ -86,7 +86,7 @@ def table(run_dir: Path, wall: float | None) -> str:
         lines += ["", "Stage wall times (run): " + ", ".join(f"{k} {_num(v / 60 if v else v, 1)} min"
                                                               for k, v in up.items()) + "."]
     if wall is not None:
-        lines += [f"Wall time: {wall / 60:.1f} min (run + sweep, this machine)."]
+        lines += [f"Wall time: {wall / 60:.1f} min ({what}, this machine)."]
     return "\n".join(lines)
 
 
@@ -115,7 +115,7 @@ def main() -> int:
             if code:
                 return code
         wall = time.monotonic() - t0
-    print(table(out, wall))
+    print(table(out, wall, "run" if args.no_sweep else "run + sweep"))
     return 0
 
 
