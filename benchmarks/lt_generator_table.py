@@ -24,7 +24,11 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     for run in map(Path, argv):
-        q = json.loads((run / "quality" / "quality.json").read_text())
+        path = run / "quality" / "quality.json"
+        if not path.is_file():
+            print(f"error: {path} not found (run `synthmed quality CONFIG -o {run}` first)", file=sys.stderr)
+            return 2
+        q = json.loads(path.read_text())
         classes = q["classes"]
         fid = q["fidelity"]
         ref, syn = fid["real_reference"], fid["synthetic_all"]
