@@ -104,3 +104,14 @@ def test_sweep_reuses_classifiers_of_run(tmp_path: Path, fake_log: Path) -> None
     trained = [x for x in calls(fake_log) if x.startswith("train")]
     assert len(trained) == 1 and "ratio=1.0" in trained[0]
     assert len(pd.read_csv(run / "results.csv")) == 2
+
+
+def test_a_sweep_policy_outside_run_policies_is_one_line(tmp_path: Path) -> None:
+    from synthmed.pipeline.sweep import plan_sweep
+
+    cfg = with_overrides(sweep_cfg({"mix.ratio": [0.5]}), ["sweep.policies=[nope]"])
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(cfg, tmp_path / "run")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("unknown policy 'nope' (run.policies has: ")
+    assert not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthmed.classifiers.config import ClassifierConfig, ImbalanceConfig, MixConfig
 from synthmed.data.config import DataConfig
@@ -102,15 +102,6 @@ class Config(BaseModel):
     imbalance: ImbalanceConfig = Field(default_factory=ImbalanceConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     run: RunConfig = Field(default_factory=RunConfig)
-
-    @model_validator(mode="after")
-    def _sweep_policies_exist(self) -> Config:
-        missing = [p for p in self.sweep.policies or [] if p not in self.run.policies]
-        if missing:
-            known = ", ".join(self.run.policies) or "none"
-            raise ValueError(f"sweep.policies names {', '.join(map(repr, missing))}, which run.policies does not "
-                             f"define (run.policies has: {known})")
-        return self
 
     @property
     def is_offline(self) -> bool:
@@ -223,8 +214,6 @@ def format_validation_error(err: ValidationError) -> str:
         shown = shown[:57] + "..."
     msg = first["msg"].rstrip(".")
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    if not key:  # a rule across sections (a model validator of the whole tree): its message names the keys
-        return f"invalid config: {msg.removeprefix('Value error, ')}{more}"
     return f"invalid config value {key}={shown}: {msg}{more}"
 
 
