@@ -62,6 +62,22 @@ def test_changed_base_config_retrains_and_keeps_old_rows(tmp_path: Path, fake_lo
     assert len(pd.read_csv(run / "results.previous.csv")) == 1
 
 
+def test_rows_of_synthmed_run_are_kept_in_previous(tmp_path: Path, fake_log: Path) -> None:  # noqa: F811
+    """`synthmed run` writes results.csv rows without a train key; a later sweep retires them, one row each."""
+    from synthmed.io import atomic_write_csv
+    from synthmed.results import RESULT_COLUMNS
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = [{"policy": p, "seed": s, "balanced_accuracy": 0.5 + s / 10} for p in ("real_only", "ratio") for s in (0, 1)]
+    atomic_write_csv(run / "results.csv", old, RESULT_COLUMNS)
+    run_sweep(sweep_cfg({"mix.ratio": [0.5]}), run, live=False)
+    prev = pd.read_csv(run / "results.previous.csv")
+    assert sorted(zip(prev["policy"], prev["seed"])) == [("ratio", 0), ("ratio", 1), ("real_only", 0), ("real_only", 1)]
+    run_sweep(sweep_cfg({"mix.ratio": [1.0]}), run, live=False)
+    assert len(pd.read_csv(run / "results.previous.csv")) == 5, "the run's 4 rows and the earlier grid's 1"
+
+
 def test_upstream_grid_key_gets_own_generator(tmp_path: Path, fake_log: Path) -> None:  # noqa: F811
     run = tmp_path / "run"
     run_sweep(sweep_cfg({"generation.n_per_class": [2, 3]}), run, live=False)

@@ -64,14 +64,24 @@ def merged_rows(run_dir: Path, current: set[str]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def row_id(row: dict[str, Any]) -> tuple[str, ...]:
+    """A row's identity: its train key, or (point, policy, seed) for a row without one (``synthmed run`` writes
+    results.csv rows with no train key: keyed by train key alone, they would collapse into one)."""
+    key = row.get("train_key")
+    if key:
+        return ("key", str(key))
+    return ("row", str(row.get("point") or ""), str(row.get("policy") or ""), str(row.get("seed") or ""))
+
+
 def retire_rows(run_dir: Path, current: set[str], grid_keys: list[str]) -> None:
-    """Move rows of an earlier, different sweep config from results.csv to results.previous.csv."""
+    """Move rows of an earlier, different sweep config (or of ``synthmed run``) from results.csv to
+    results.previous.csv, every row kept (identity: ``row_id``)."""
     results = RunLayout(run_dir).results
     rows = read_rows(results)
     old = [r for r in rows if r.get("train_key") not in current]
     if not old:
         return
     prev = run_dir / "results.previous.csv"
-    keep = {r.get("train_key"): r for r in read_rows(prev) + old}
+    keep = {row_id(r): r for r in read_rows(prev) + old}
     atomic_write_csv(prev, list(keep.values()), list(dict.fromkeys(k for r in keep.values() for k in r)))
     write_rows(results, [r for r in rows if r.get("train_key") in current], grid_keys)
