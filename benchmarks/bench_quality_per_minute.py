@@ -131,7 +131,8 @@ def main() -> None:
         if args.phase == "train":
             continue
         for mark in marks:
-            if not points or max(q["minutes"] for q in points.values()) < mark:
+            finished = str(cfg.steps) in points  # a schedule that ended before the mark is scored at its end
+            if not points or (max(q["minutes"] for q in points.values()) < mark and not finished):
                 print(f"{kind}: training has not reached {mark} min", flush=True)
                 continue
             step = min((int(s) for s in points), key=lambda s: abs(points[str(s)]["minutes"] - mark))

@@ -76,6 +76,9 @@ def main() -> int:
     base = args.baseline or (max(classical, key=merged.val_mean) if classical else None)
     if base is None:
         return 0
+    if base not in merged.metrics:
+        print(f"error: --baseline {base!r} is not a row of this table (rows: {', '.join(order)})", file=sys.stderr)
+        return 2
     why = "given with --baseline" if args.baseline else "best classical on real val"
     print(f"\nPaired differences in test balanced accuracy vs {base} ({why}), shared seeds:\n")
     for p in order:
