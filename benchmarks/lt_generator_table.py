@@ -4,7 +4,8 @@
 
 For each run directory (one synthetic set, after ``synthmed quality``): the overall gate figures, CAS balanced
 accuracy, and per class: FID in the vetting classifier's feature space (synthetic_all vs real train, n per class),
-CAS recall, the filter's kept fraction and the memorization flags. Reads ``quality/quality.json`` only.
+CAS recall, the filter's kept fraction and the memorization flags beside the same rule's flags on real val
+images (not copies: the reference rate). Reads ``quality/quality.json`` only.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def main(argv: list[str]) -> int:
               f"{filt['overall']['kept']}/{filt['overall']['generated']}; CAS balanced accuracy "
               f"{_f(cas.get('balanced_accuracy'), 3)} (real, {q['cas'].get('real_only_imbalance')}: "
               f"{_f(real_cas.get('balanced_accuracy'), 3)}); memorization flags {mem.get('flagged')}/"
-              f"{mem.get('n_synthetic')}; vetting {filt.get('vetting_imbalance', 'resample')}\n")
-        print("| class | FID (n syn) | real val FID | CAS recall | kept | memorization flags |")
-        print("|---|---|---|---|---|---|")
+              f"{mem.get('n_synthetic')} (real val, same rule: {mem.get('real_val_flagged', '–')}/"
+              f"{mem.get('n_real_val_reference')}); vetting {filt.get('vetting_imbalance', 'resample')}\n")
+        print("| class | FID (n syn) | real val FID | CAS recall | kept | memorization flags | real val flagged |")
+        print("|---|---|---|---|---|---|---|")
         recall = cas.get("per_class_recall") or []
         per_label = mem.get("per_label") or {}
         for i, c in enumerate(classes):
@@ -55,8 +57,11 @@ def main(argv: list[str]) -> int:
             k = filt["per_class"][c]
             entry = per_label.get(str(i), per_label.get(c))
             flags = entry.get("flagged") if isinstance(entry, dict) else entry
+            ref_rate = (f"{entry['real_val_flagged']}/{entry['real_val_n']}"
+                        if isinstance(entry, dict) and "real_val_n" in entry else "–")
             print(f"| {c} | {_f(s.get('fid'), 1)} ({s.get('n_fake')}) | {_f(r.get('fid'), 1)} | "
-                  f"{_f(recall[i] if i < len(recall) else None, 3)} | {k['kept']}/{k['generated']} | {flags} |")
+                  f"{_f(recall[i] if i < len(recall) else None, 3)} | {k['kept']}/{k['generated']} | {flags} | "
+                  f"{ref_rate} |")
         print()
     return 0
 

@@ -54,6 +54,12 @@ def test_audit_flags_planted_copy_and_none_of_distinct(sets: dict[str, ImageSet]
     per = res.summary["per_label"]
     assert sum(v["flagged"] for v in per.values()) == 2 and sum(v["n"] for v in per.values()) == 40
     assert per[str(int(labels[5]))]["flagged"] >= 1 and per[str(int(labels[9]))]["flagged"] >= 1
+    # the reference: the same rule on real val (1% quantile, "at or below": at least one val image, about 1%)
+    ref_d = memorization.pixel_nearest(sets["val"].images, sets["train"].images)[0]
+    assert res.summary["real_val_flagged"] == int((ref_d <= res.thresholds["pixel"]).sum()) >= 1
+    assert sum(v["real_val_flagged"] for v in per.values()) == res.summary["real_val_flagged"]
+    assert sum(v["real_val_n"] for v in per.values()) == len(sets["val"])
+    assert res.summary["real_val_flagged_fraction"] == pytest.approx(res.summary["real_val_flagged"] / len(sets["val"]))
     assert res.summary["pixel_distance"]["synthetic_to_train"]["q00"] == 0.0
     assert res.thresholds["pixel"] == pytest.approx(np.quantile(memorization.pixel_nearest(
         sets["val"].images, sets["train"].images)[0], 0.01))

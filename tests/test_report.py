@@ -40,7 +40,7 @@ QUALITY = {
                                "per_class_recall": [0.125, 0.5, 0.75]},
             "real_only": {"accuracy": 0.7, "balanced_accuracy": 0.6, "macro_f1": 0.55}},
     "memorization": {"flagged": 1, "flagged_fraction": 0.11, "copy_space": "pixel", "n_synthetic": 9,
-                     "n_generator_train": 21, "per_label": {"0": {"n": 3, "flagged": 7}}},
+                     "n_generator_train": 21, "per_label": {"0": {"n": 3, "flagged": 7, "real_val_n": 40, "real_val_flagged": 2}}},
     "filter": {"vetted": True, "min_confidence": 0.5,
                "overall": {"generated": 9, "kept": 5, "kept_fraction": 0.56, "dropped": {"low_confidence": 4}},
                "per_class": {"a": {"generated": 3, "kept": 2, "kept_fraction": 0.67, "dropped": {"low_confidence": 1}}}},
@@ -96,6 +96,7 @@ def test_report_sections_and_images(full_run: Path) -> None:
     per_class = html[html.index("id=per-class-quality"):]
     assert "<td>41.5</td>" in per_class and "<td>0.125</td>" in per_class, "per-class FID and CAS recall"
     assert "<td>7</td>" in per_class, "per-class memorization flags"
+    assert "<td>2/40</td>" in per_class, "the copy rule's rate on real val images of the class (the reference)"
     assert "Paired difference ratio" in html and "best classical" in html
 
 

@@ -5,6 +5,8 @@ scaled to [0, 1], so thresholds do not depend on the image size) and in feature 
 what independent real images look like: the NN distances of real **val** images to the same training images. A
 synthetic image is flagged as a copy when its NN distance is at or below the ``copy_quantile`` of that reference
 (default 1%: closer to a training image than 99% of genuinely new real images are), or below an absolute threshold.
+The same rule applied to the real val images gives, per class, the flag rate of images that are not copies: a
+class of look-alike images (platelets) flags real images too, so its synthetic count is read against that rate.
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ def audit(
             ref_fd, _ = nearest(val_feats, train_feats)
     thr = thresholds(ref_pd, ref_fd, quality_cfg)
     flags = flag_copies(syn_pd, syn_fd, thr, quality_cfg.copy_space)
+    # the same rule applied to real val images, which are not copies: the flag rate of genuinely new images (about
+    # copy_quantile overall, more in a class whose images are alike) is the reference for a class's synthetic rate
+    ref_flags = flag_copies(ref_pd, ref_fd, thr, quality_cfg.copy_space)
     rows = []
     for i, id_ in enumerate(synthetic.ids):
         row = {"id": id_, "label": int(synthetic.labels[i]), "nn_pixel_id": train.ids[syn_pi[i]],
@@ -149,8 +154,12 @@ def audit(
         "pixel_distance": {"synthetic_to_train": quantiles(syn_pd), "real_val_to_train": quantiles(ref_pd)},
         # per class (label index): where copies concentrate, e.g. a 10-image class the generator drew often
         "per_label": {str(int(c)): {"n": int((synthetic.labels == c).sum()),
-                                    "flagged": int(flags[synthetic.labels == c].sum())}
-                      for c in np.unique(synthetic.labels)},
+                                    "flagged": int(flags[synthetic.labels == c].sum()),
+                                    "real_val_n": int((val.labels == c).sum()),
+                                    "real_val_flagged": int(ref_flags[val.labels == c].sum())}
+                      for c in np.union1d(synthetic.labels, val.labels)},
+        "real_val_flagged": int(ref_flags.sum()),
+        "real_val_flagged_fraction": float(ref_flags.mean()) if len(ref_flags) else 0.0,
     }
     if syn_fd is not None:
         summary["feature_distance"] = {"synthetic_to_train": quantiles(syn_fd),

@@ -136,8 +136,15 @@ def per_class_quality(q: dict[str, Any]) -> str:
                      fmt(allb.get("fid"), 1), fmt(kept.get("fid"), 1), fmt(allb.get("precision")),
                      fmt(allb.get("recall")), fmt(syn_rec[i] if i < len(syn_rec) else None),
                      fmt(real_rec[i] if i < len(real_rec) else None),
-                     fmt((mem.get(str(i)) or {}).get("flagged"))])
+                     fmt((mem.get(str(i)) or {}).get("flagged")), _val_rate(mem.get(str(i)) or {})])
     return ("<h3 id=per-class-quality>Per class</h3><p class=note>FID per class uses few images (n shown): compare "
             "a class only with its own real reference.</p>"
             + table(["class", "n real", "n synthetic", "FID real ref.", "FID all", "FID kept", "precision",
-                     "recall", "CAS recall (synthetic-trained)", "recall (real-trained)", "copies flagged"], rows))
+                     "recall", "CAS recall (synthetic-trained)", "recall (real-trained)", "copies flagged",
+                     "real val flagged (reference)"], rows))
+
+
+def _val_rate(entry: dict[str, Any]) -> str:
+    """The copy rule's rate on real val images of the class (not copies): ``k/n``, or an en dash for old runs."""
+    n, k = entry.get("real_val_n"), entry.get("real_val_flagged")
+    return f"{k}/{n}" if isinstance(n, int) and isinstance(k, int) else "–"
