@@ -79,7 +79,8 @@ def generator_at(kind: str, cfg, work: Path, step: int):
 
 def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minutes: float, x, y) -> None:
     """Train checkpoint by checkpoint, recording wall and CPU minutes at each, until ``stop_minutes``."""
-    for step in range(cfg.checkpoint_every, cfg.steps + 1, cfg.checkpoint_every):
+    stops = list(range(cfg.checkpoint_every, cfg.steps + 1, cfg.checkpoint_every))
+    for step in stops + ([cfg.steps] if cfg.steps not in stops else []):  # the schedule's end is always a point
         if str(step) in points:
             continue
         done = [p["minutes"] for p in points.values()]
