@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
         g = q["gate"]["figures"]
         filt = q["filter"]
         mem = q["memorization"]
+        ct = (mem.get("copying_test") or {}).get("pixel") or {}
         print(f"### {run.name}\n")
         print(f"gate {'passed' if q['gate']['passed'] else 'FAILED'}; FID {_f(syn['overall'].get('fid'))} "
               f"(n_real {syn['overall'].get('n_real')}, n_syn {syn['overall'].get('n_fake')}; real val vs train "
@@ -47,9 +48,11 @@ def main(argv: list[str]) -> int:
               f"{_f(cas.get('balanced_accuracy'), 3)} (real, {q['cas'].get('real_only_imbalance')}: "
               f"{_f(real_cas.get('balanced_accuracy'), 3)}); memorization flags {mem.get('flagged')}/"
               f"{mem.get('n_synthetic')} (real val, same rule: {mem.get('real_val_flagged', '–')}/"
-              f"{mem.get('n_real_val_reference')}); vetting {filt.get('vetting_imbalance', 'resample')}\n")
-        print("| class | FID (n syn) | real val FID | CAS recall | kept | memorization flags | real val flagged |")
-        print("|---|---|---|---|---|---|---|")
+              f"{mem.get('n_real_val_reference')}); data-copying C_T {_f(ct.get('c_t'), 2)}, classes copying "
+              f"{ct.get('classes_copying', '–')}; vetting {filt.get('vetting_imbalance', 'resample')}\n")
+        print("| class | FID (n syn) | real val FID | CAS recall | kept | memorization flags | real val flagged | "
+              "copying Z |")
+        print("|---|---|---|---|---|---|---|---|")
         recall = cas.get("per_class_recall") or []
         per_label = mem.get("per_label") or {}
         for i, c in enumerate(classes):
@@ -61,7 +64,7 @@ def main(argv: list[str]) -> int:
                         if isinstance(entry, dict) and "real_val_n" in entry else "–")
             print(f"| {c} | {_f(s.get('fid'), 1)} ({s.get('n_fake')}) | {_f(r.get('fid'), 1)} | "
                   f"{_f(recall[i] if i < len(recall) else None, 3)} | {k['kept']}/{k['generated']} | {flags} | "
-                  f"{ref_rate} |")
+                  f"{ref_rate} | {_f(((ct.get('per_label') or {}).get(str(i)) or {}).get('z'), 2)} |")
         print()
     return 0
 

@@ -65,6 +65,47 @@ def test_audit_flags_planted_copy_and_none_of_distinct(sets: dict[str, ImageSet]
         sets["val"].images, sets["train"].images)[0], 0.01))
 
 
+def test_mann_whitney_z_matches_scipy() -> None:
+    from scipy.stats import mannwhitneyu, norm
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(0.0, 1, 70).round(1), rng.normal(0.4, 1, 90).round(1)  # rounded: ties exercised
+    z = memorization.mann_whitney_z(x, y)
+    res = mannwhitneyu(x, y, method="asymptotic", use_continuity=False)
+    assert abs(z) == pytest.approx(norm.isf(res.pvalue / 2), rel=1e-6)
+    assert (z < 0) == (res.statistic < len(x) * len(y) / 2) and z < 0  # x drawn smaller -> negative
+    assert memorization.mann_whitney_z(np.ones(5), np.ones(7)) == 0.0
+
+
+def test_copying_test_finds_the_copying_class_only() -> None:
+    rng = np.random.default_rng(5)
+    ref_labels = np.repeat([0, 1, 2], [150, 120, 30])
+    ref_d = rng.uniform(0.2, 0.4, len(ref_labels))
+    syn_labels = np.repeat([0, 1, 2], [200, 200, 5])
+    syn_d = rng.uniform(0.2, 0.4, len(syn_labels))
+    syn_d[syn_labels == 1] -= 0.05  # class 1 sits closer to the training images than new real images do
+    out = memorization.copying_test(syn_d, syn_labels, ref_d, ref_labels)
+    per = out["per_label"]
+    assert abs(per["0"]["z"]) < 3 and per["1"]["z"] <= memorization.COPYING_Z
+    assert per["2"]["z"] is None and per["2"]["n_synthetic"] == 5  # too few synthetic images for a Z
+    assert out["classes_copying"] == ["1"]
+    assert out["c_t"] == pytest.approx((150 * per["0"]["z"] + 120 * per["1"]["z"]) / 270)
+    far = memorization.copying_test(syn_d + 0.1, syn_labels, ref_d, ref_labels)  # underfitting: Z well above 0
+    assert far["c_t"] > 3 and far["classes_copying"] == []
+
+
+def test_audit_reports_the_copying_test(sets: dict[str, ImageSet]) -> None:
+    res = memorization.audit(sets["syn"], sets["train"], sets["val"], QualityConfig())
+    ct = res.summary["copying_test"]["pixel"]
+    assert set(ct["per_label"]) == {"0", "1"} and ct["per_label"]["0"]["n_synthetic"] == 20
+    assert ct["per_label"]["0"]["n_real_val"] == 100 and ct["classes_copying"] == []
+    assert abs(ct["c_t"]) < 3  # synthetic and val are drawn alike
+    images = sets["syn"].images.copy()
+    images[::2] = sets["train"].images[:40:2]  # every class-0 synthetic image is a training copy
+    ct = memorization.audit(_set(images, "syn"), sets["train"], sets["val"], QualityConfig()).summary["copying_test"]
+    assert ct["pixel"]["classes_copying"] == ["0"] and "feature" not in ct
+
+
 def test_feature_space_and_absolute_thresholds(sets: dict[str, ImageSet]) -> None:
     rng = np.random.default_rng(3)
     f_train, f_val, f_syn = rng.normal(size=(60, 8)), rng.normal(size=(200, 8)), rng.normal(size=(40, 8))

@@ -40,7 +40,9 @@ QUALITY = {
                                "per_class_recall": [0.125, 0.5, 0.75]},
             "real_only": {"accuracy": 0.7, "balanced_accuracy": 0.6, "macro_f1": 0.55}},
     "memorization": {"flagged": 1, "flagged_fraction": 0.11, "copy_space": "pixel", "n_synthetic": 9,
-                     "n_generator_train": 21, "per_label": {"0": {"n": 3, "flagged": 7, "real_val_n": 40, "real_val_flagged": 2}}},
+                     "n_generator_train": 21, "per_label": {"0": {"n": 3, "flagged": 7, "real_val_n": 40, "real_val_flagged": 2}},
+                     "copying_test": {"pixel": {"c_t": -4.25, "classes_copying": ["2"],
+                                                "per_label": {"0": {"z": -0.8765}, "2": {"z": -4.5}}}}},
     "filter": {"vetted": True, "min_confidence": 0.5,
                "overall": {"generated": 9, "kept": 5, "kept_fraction": 0.56, "dropped": {"low_confidence": 4}},
                "per_class": {"a": {"generated": 3, "kept": 2, "kept_fraction": 0.67, "dropped": {"low_confidence": 1}}}},
@@ -97,6 +99,9 @@ def test_report_sections_and_images(full_run: Path) -> None:
     assert "<td>41.5</td>" in per_class and "<td>0.125</td>" in per_class, "per-class FID and CAS recall"
     assert "<td>7</td>" in per_class, "per-class memorization flags"
     assert "<td>2/40</td>" in per_class, "the copy rule's rate on real val images of the class (the reference)"
+    assert "<td>-0.88</td>" in per_class, "per-class data-copying Z"
+    mem = html[html.index("Memorization audit"):]
+    assert "<td>-4.25</td>" in mem and "<td>c</td>" in mem, "C_T and the copying classes by name"
     assert "Paired difference ratio" in html and "best classical" in html
 
 

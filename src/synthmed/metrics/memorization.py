@@ -7,6 +7,12 @@ synthetic image is flagged as a copy when its NN distance is at or below the ``c
 (default 1%: closer to a training image than 99% of genuinely new real images are), or below an absolute threshold.
 The same rule applied to the real val images gives, per class, the flag rate of images that are not copies: a
 class of look-alike images (platelets) flags real images too, so its synthetic count is read against that rate.
+
+Beside the per-image flags, the set-level data-copying test of Meehan, Chaudhuri and Dasgupta (AISTATS 2020), per
+class: a Mann-Whitney U test of the synthetic->train NN distances against the held-out real val->train ones. Its
+Z is about 0 when synthetic images are as far from the training set as new real images, well below 0 (<= -3) when
+they sit closer (copying), above 0 when farther (underfitting); C_T is the Z averaged over classes, weighted by their
+real val counts. Unlike a flag count, it does not charge a generator for the flags that real images get too.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from synthmed.io import atomic_write_csv
 from synthmed.layout import RunLayout
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5)
+COPYING_Z = -3.0  # a class's Z at or below this = data copying (Meehan et al. read C_T << 0 as copying)
+COPYING_MIN_N = 20  # classes with fewer synthetic or real val images get no Z (the normal approximation needs n)
 
 
 def pixel_vectors(images: np.ndarray) -> np.ndarray:
@@ -85,6 +93,36 @@ def training_images(run_dir: str | Path, real_train: ImageSet, pool: ImageSet | 
     imgs = np.stack([index[w][0].images[index[w][1]] for w in found])
     labels = np.asarray([index[w][0].labels[index[w][1]] for w in found])
     return ImageSet(imgs, labels, found), notes
+
+
+def mann_whitney_z(x: np.ndarray, y: np.ndarray) -> float:
+    """Z of the Mann-Whitney U of ``x`` vs ``y`` (U = pairs with x > y, ties half; tie-corrected normal
+    approximation): negative when ``x`` tends to be smaller. 0.0 when every value ties."""
+    from scipy.stats import rankdata
+
+    n1, n2 = len(x), len(y)
+    both = np.concatenate([np.asarray(x, np.float64), np.asarray(y, np.float64)])
+    u = rankdata(both)[:n1].sum() - n1 * (n1 + 1) / 2.0
+    n = n1 + n2
+    ties = np.unique(both, return_counts=True)[1].astype(np.float64)
+    var = n1 * n2 / 12.0 * ((n + 1) - (ties**3 - ties).sum() / (n * (n - 1)))
+    return float((u - n1 * n2 / 2.0) / np.sqrt(var)) if var > 0 else 0.0
+
+
+def copying_test(syn_d: np.ndarray, syn_labels: np.ndarray, ref_d: np.ndarray, ref_labels: np.ndarray,
+                 min_n: int = COPYING_MIN_N) -> dict[str, Any]:
+    """Meehan et al.'s data-copying test with classes as cells: per class Z_U of synthetic vs real val NN distances
+    to the generator's training images, C_T (Z weighted by real val counts) and the classes at or below COPYING_Z."""
+    per: dict[str, dict[str, Any]] = {}
+    weighted = weight = 0.0
+    for c in np.union1d(syn_labels, ref_labels):
+        s, r = syn_d[syn_labels == c], ref_d[ref_labels == c]
+        z = mann_whitney_z(s, r) if min(len(s), len(r)) >= min_n else None
+        per[str(int(c))] = {"n_synthetic": int(len(s)), "n_real_val": int(len(r)), "z": z}
+        if z is not None:
+            weighted, weight = weighted + len(r) * z, weight + len(r)
+    return {"per_label": per, "c_t": weighted / weight if weight else None, "z_threshold": COPYING_Z, "min_n": min_n,
+            "classes_copying": [c for c, v in per.items() if v["z"] is not None and v["z"] <= COPYING_Z]}
 
 
 def thresholds(ref_pixel: np.ndarray, ref_feature: np.ndarray | None, quality_cfg: Any) -> dict[str, float | None]:
@@ -161,6 +199,9 @@ def audit(
         "real_val_flagged": int(ref_flags.sum()),
         "real_val_flagged_fraction": float(ref_flags.mean()) if len(ref_flags) else 0.0,
     }
+    summary["copying_test"] = {"pixel": copying_test(syn_pd, synthetic.labels, ref_pd, val.labels)}
+    if syn_fd is not None and ref_fd is not None:
+        summary["copying_test"]["feature"] = copying_test(syn_fd, synthetic.labels, ref_fd, val.labels)
     if syn_fd is not None:
         summary["feature_distance"] = {"synthetic_to_train": quantiles(syn_fd),
                                        "real_val_to_train": quantiles(ref_fd) if ref_fd is not None else {}}

@@ -52,10 +52,17 @@ def quality_section(q: dict[str, Any] | None) -> str:
     body += per_class_quality(q)
     mem = q.get("memorization")
     if isinstance(mem, dict):
+        ct = ((mem.get("copying_test") or {}).get("pixel") or {}) if isinstance(mem.get("copying_test"), dict) else {}
         body += "<h3>Memorization audit</h3>" + table(
-            ["flagged as training copies", "fraction", "space", "synthetic", "generator train images"],
-            [[fmt(mem.get("flagged")), fmt(mem.get("flagged_fraction")), fmt(mem.get("copy_space")),
-              fmt(mem.get("n_synthetic")), fmt(mem.get("n_generator_train"))]], left=0)
+            ["flagged as training copies", "fraction", "real val flagged (same rule)", "space", "synthetic",
+             "generator train images", "data-copying C_T (pixel)", "classes copying (Z <= -3)"],
+            [[fmt(mem.get("flagged")), fmt(mem.get("flagged_fraction")), fmt(mem.get("real_val_flagged")),
+              fmt(mem.get("copy_space")), fmt(mem.get("n_synthetic")), fmt(mem.get("n_generator_train")),
+              fmt(ct.get("c_t"), 2), _copying(ct, q)]], left=0)
+        if ct:
+            body += ("<p class=note>Data-copying test (Meehan et al. 2020), per class: Mann-Whitney Z of the synthetic "
+                     "vs real val nearest-training-image distances; about 0 = as far as new real images, <= -3 = "
+                     "copying, > 0 = farther (underfitting). C_T weighs classes by their real val counts.</p>")
         body += "".join(f"<p class=note>{escape(str(n))}</p>" for n in mem.get("notes", []) or [])
     return body
 
@@ -127,6 +134,7 @@ def per_class_quality(q: dict[str, Any]) -> str:
     syn_rec = (cas.get("synthetic_only") or {}).get("per_class_recall") or []
     mem = ((q.get("memorization") or {}).get("per_label") or {}) if isinstance(q.get("memorization"), dict) else {}
     real_rec = (cas.get("real_only") or {}).get("per_class_recall") or []
+    ct = _copying_per_label(q)
     if not classes or not any(blocks.values()):
         return ""
     rows = []
@@ -136,15 +144,31 @@ def per_class_quality(q: dict[str, Any]) -> str:
                      fmt(allb.get("fid"), 1), fmt(kept.get("fid"), 1), fmt(allb.get("precision")),
                      fmt(allb.get("recall")), fmt(syn_rec[i] if i < len(syn_rec) else None),
                      fmt(real_rec[i] if i < len(real_rec) else None),
-                     fmt((mem.get(str(i)) or {}).get("flagged")), _val_rate(mem.get(str(i)) or {})])
+                     fmt((mem.get(str(i)) or {}).get("flagged")), _val_rate(mem.get(str(i)) or {}),
+                     fmt(((ct.get(str(i)) or {}).get("z")), 2)])
     return ("<h3 id=per-class-quality>Per class</h3><p class=note>FID per class uses few images (n shown): compare "
             "a class only with its own real reference.</p>"
             + table(["class", "n real", "n synthetic", "FID real ref.", "FID all", "FID kept", "precision",
                      "recall", "CAS recall (synthetic-trained)", "recall (real-trained)", "copies flagged",
-                     "real val flagged (reference)"], rows))
+                     "real val flagged (reference)", "copying Z"], rows))
 
 
 def _val_rate(entry: dict[str, Any]) -> str:
     """The copy rule's rate on real val images of the class (not copies): ``k/n``, or an en dash for old runs."""
     n, k = entry.get("real_val_n"), entry.get("real_val_flagged")
     return f"{k}/{n}" if isinstance(n, int) and isinstance(k, int) else "–"
+
+
+def _copying_per_label(q: dict[str, Any]) -> dict[str, Any]:
+    mem = q.get("memorization") if isinstance(q.get("memorization"), dict) else {}
+    ct = mem.get("copying_test") if isinstance(mem.get("copying_test"), dict) else {}
+    return ((ct.get("pixel") or {}).get("per_label") or {}) if isinstance(ct.get("pixel"), dict) else {}
+
+
+def _copying(ct: dict[str, Any], q: dict[str, Any]) -> str:
+    """The classes the data-copying test finds copying, by name ("none"), or an en dash for runs without it."""
+    if not ct:
+        return "–"
+    names = list(q.get("classes") or [])
+    found = [names[int(c)] if c.isdigit() and int(c) < len(names) else c for c in ct.get("classes_copying") or []]
+    return escape(", ".join(found)) if found else "none"
