@@ -52,7 +52,7 @@ def quality_section(q: dict[str, Any] | None) -> str:
     body += per_class_quality(q)
     mem = q.get("memorization")
     if isinstance(mem, dict):
-        ct = ((mem.get("copying_test") or {}).get("pixel") or {}) if isinstance(mem.get("copying_test"), dict) else {}
+        ct = _copying_pixel(q)
         body += "<h3>Memorization audit</h3>" + table(
             ["flagged as training copies", "fraction", "real val flagged (same rule)", "space", "synthetic",
              "generator train images", "data-copying C_T (pixel)", "classes copying (Z <= -3)"],
@@ -134,7 +134,7 @@ def per_class_quality(q: dict[str, Any]) -> str:
     syn_rec = (cas.get("synthetic_only") or {}).get("per_class_recall") or []
     mem = ((q.get("memorization") or {}).get("per_label") or {}) if isinstance(q.get("memorization"), dict) else {}
     real_rec = (cas.get("real_only") or {}).get("per_class_recall") or []
-    ct = _copying_per_label(q)
+    ct = _copying_pixel(q).get("per_label") or {}
     if not classes or not any(blocks.values()):
         return ""
     rows = []
@@ -159,10 +159,11 @@ def _val_rate(entry: dict[str, Any]) -> str:
     return f"{k}/{n}" if isinstance(n, int) and isinstance(k, int) else "–"
 
 
-def _copying_per_label(q: dict[str, Any]) -> dict[str, Any]:
+def _copying_pixel(q: dict[str, Any]) -> dict[str, Any]:
+    """quality.json's pixel-space data-copying test, or {} for runs without it."""
     mem = q.get("memorization") if isinstance(q.get("memorization"), dict) else {}
     ct = mem.get("copying_test") if isinstance(mem.get("copying_test"), dict) else {}
-    return ((ct.get("pixel") or {}).get("per_label") or {}) if isinstance(ct.get("pixel"), dict) else {}
+    return ct["pixel"] if isinstance(ct.get("pixel"), dict) else {}
 
 
 def _copying(ct: dict[str, Any], q: dict[str, Any]) -> str:
