@@ -28,7 +28,11 @@ def settings(kind: str, args: argparse.Namespace):
     from synthmed.generators.config import DDPMConfig
     from synthmed.generators.edm.config import EDMConfig
 
-    common = dict(preset=args.preset, steps=args.train_steps, batch_size=args.batch, lr=args.lr,
+    arch = {}
+    if args.channels:  # a custom UNet between the presets, e.g. --channels 24,48
+        arch = dict(preset="custom", block_out_channels=[int(c) for c in args.channels.split(",")],
+                    layers_per_block=args.layers, attention_levels=[])
+    common = dict(**({"preset": args.preset} | arch), steps=args.train_steps, batch_size=args.batch, lr=args.lr,
                   warmup_steps=min(100, args.train_steps // 10), checkpoint_every=args.every, keep_checkpoints=1000,
                   hflip=True, vflip=True, ema_decay=args.ema_decay, mixed_precision="no")
     if kind == "ddpm":
@@ -104,6 +108,8 @@ def main() -> None:
     p.add_argument("--preset", default="S")
     p.add_argument("--train-steps", type=int, default=2000, help="length of the cosine schedule")
     p.add_argument("--every", type=int, default=100)
+    p.add_argument("--channels", default="", help="custom UNet channels per level (overrides --preset)")
+    p.add_argument("--layers", type=int, default=1, help="layers per block of the custom UNet")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -111,19 +117,26 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--sampler-steps", type=int, default=20)
+    p.add_argument("--sampler", default="dpmpp", choices=["dpmpp", "ddim", "ddpm"])
+    p.add_argument("--strength", type=float, default=None,
+                   help="real-image guidance (SDEdit): image i starts from a random training image of its class "
+                        "noised to this strength; what the pipeline's guided sets look like, not the generator alone")
+    p.add_argument("--ref", default="test", choices=["val", "test"],
+                   help="real images scored against: choose guidance and sampler steps on val, report on test")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--phase", default="all", choices=["all", "train", "score"])
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_quality_per_minute"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     marks = [float(m) for m in args.marks.split(",")]
-    xr, yr = blood("test", args.n, seed=1)
+    xr, yr = blood(args.ref, args.n, seed=1)
     xt, yt = blood("train")
     real = None
     rows = []
     for kind in args.kinds.split(","):
         cfg = settings(kind, args)
-        work = args.work / f"{kind}-{args.preset}-b{args.batch}-lr{args.lr}-s{args.train_steps}"
+        name = f"c{args.channels.replace(',', '-')}l{args.layers}" if args.channels else args.preset
+        work = args.work / f"{kind}-{name}-b{args.batch}-lr{args.lr}-s{args.train_steps}"
         work.mkdir(parents=True, exist_ok=True)
         log = work / "points.json"
         points = json.loads(log.read_text()) if log.is_file() else {}
@@ -138,25 +151,35 @@ def main() -> None:
                 continue
             step = min((int(s) for s in points), key=lambda s: abs(points[str(s)]["minutes"] - mark))
             pt = points[str(step)]
-            key = f"fid_n{args.n}_g{args.guidance}_k{args.sampler_steps}"
+            key = f"fid_n{args.n}_g{args.guidance}_k{args.sampler_steps}" + ("_val" if args.ref == "val" else "")
+            key += "" if args.sampler == "dpmpp" else f"_{args.sampler}"
+            key += "" if args.strength is None else f"_guided{args.strength}"
             if key not in pt:
                 from synthmed.generators.base import SampleOptions
 
                 t0 = time.time()
+                sources = None
+                if args.strength is not None:  # one training image of the same class per image, drawn with seed 2
+                    rng = np.random.default_rng(2)
+                    sources = np.stack([xt[rng.choice(np.flatnonzero(yt == c))] for c in yr])
                 imgs = generator_at(kind, cfg, work, step).sample(
                     yr.tolist(), list(range(len(yr))),
-                    SampleOptions("dpmpp", args.sampler_steps, args.guidance, batch_size=100))
+                    SampleOptions(args.sampler, args.sampler_steps, args.guidance, batch_size=100, sources=sources,
+                                  strength=args.strength))
                 sample_min = (time.time() - t0) / 60
                 if real is None:
-                    real = cached(args.work / f"real_test_{args.n}.npy", lambda: inception_features(xr))
+                    real = cached(args.work / f"real_{args.ref}_{args.n}.npy", lambda: inception_features(xr))
                 pt[key] = fid(real, inception_features(imgs))
                 pt["sample_minutes"] = sample_min
+                print(f"{kind} step {step} ({args.ref}, guidance {args.guidance}, {args.sampler} "
+                      f"{args.sampler_steps}): "
+                      f"FID {pt[key]:.2f}", flush=True)
                 log.write_text(json.dumps(points, indent=1))
             rows.append((kind, mark, step, pt["minutes"], pt["cpu_minutes"], pt[key]))
             print(f"| {kind} | {mark:g} | {step} | {pt['minutes']:.1f} | {pt['cpu_minutes']:.1f} | {pt[key]:.1f} |",
                   flush=True)
-    print(f"\n{args.preset}, batch {args.batch}, lr {args.lr}, DPM++ {args.sampler_steps} steps, guidance "
-          f"{args.guidance}, FID at n = {args.n} (generated vs real test)\n"
+    print(f"\n{args.channels or args.preset}, batch {args.batch}, lr {args.lr}, {args.sampler} {args.sampler_steps} "
+          f"steps, guidance {args.guidance}, FID at n = {args.n} (generated vs real {args.ref})\n"
           "| kind | mark (min) | step | training wall (min) | training CPU (min) | FID |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:g} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} |")

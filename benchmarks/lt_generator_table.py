@@ -39,6 +39,7 @@ def main(argv: list[str]) -> int:
         filt = q["filter"]
         mem = q["memorization"]
         ct = (mem.get("copying_test") or {}).get("pixel") or {}
+        near = mem.get("near_copies") or {}
         print(f"### {run.name}\n")
         print(f"gate {'passed' if q['gate']['passed'] else 'FAILED'}; FID {_f(syn['overall'].get('fid'))} "
               f"(n_real {syn['overall'].get('n_real')}, n_syn {syn['overall'].get('n_fake')}; real val vs train "
@@ -49,10 +50,13 @@ def main(argv: list[str]) -> int:
               f"{_f(real_cas.get('balanced_accuracy'), 3)}); memorization flags {mem.get('flagged')}/"
               f"{mem.get('n_synthetic')} (real val, same rule: {mem.get('real_val_flagged', '–')}/"
               f"{mem.get('n_real_val_reference')}); data-copying C_T {_f(ct.get('c_t'), 2)}, classes copying "
-              f"{ct.get('classes_copying', '–')}; vetting {filt.get('vetting_imbalance', 'resample')}\n")
+              f"{ct.get('classes_copying', '–')}; near-copies (relative rule) {near.get('flagged', '–')} (real val "
+              f"{near.get('real_val_flagged', '–')}; lowest ratio {_f((near.get('min_ratio') or {}).get('synthetic'))}"
+              f", real val {_f((near.get('min_ratio') or {}).get('real_val'))}); vetting "
+              f"{filt.get('vetting_imbalance', 'resample')}\n")
         print("| class | FID (n syn) | real val FID | CAS recall | kept | memorization flags | real val flagged | "
-              "copying Z |")
-        print("|---|---|---|---|---|---|---|---|")
+              "near-copies (lowest ratio) | copying Z |")
+        print("|---|---|---|---|---|---|---|---|---|")
         recall = cas.get("per_class_recall") or []
         per_label = mem.get("per_label") or {}
         for i, c in enumerate(classes):
@@ -64,9 +68,16 @@ def main(argv: list[str]) -> int:
                         if isinstance(entry, dict) and "real_val_n" in entry else "–")
             print(f"| {c} | {_f(s.get('fid'), 1)} ({s.get('n_fake')}) | {_f(r.get('fid'), 1)} | "
                   f"{_f(recall[i] if i < len(recall) else None, 3)} | {k['kept']}/{k['generated']} | {flags} | "
-                  f"{ref_rate} | {_f(((ct.get('per_label') or {}).get(str(i)) or {}).get('z'), 2)} |")
+                  f"{ref_rate} | {_near(near, str(i))} | "
+                  f"{_f(((ct.get('per_label') or {}).get(str(i)) or {}).get('z'), 2)} |")
         print()
     return 0
+
+
+def _near(near: dict, label: str) -> str:
+    """A class's near-copies under the relative rule with its lowest ratio, or an en dash for older runs."""
+    entry = (near.get("per_label") or {}).get(label) or {}
+    return f"{entry['flagged']} ({_f(entry.get('min_ratio'))})" if "flagged" in entry else "–"
 
 
 if __name__ == "__main__":

@@ -140,3 +140,48 @@ def test_closest_pairs_gallery(tmp_path: Path, sets: dict[str, ImageSet]) -> Non
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     memorization.write_audit_csv(tmp_path / "m.csv", res.rows)
     assert (tmp_path / "m.csv").read_text().splitlines()[0].startswith("id,label,nn_pixel_id,pixel_distance")
+
+
+def test_knn_distances_match_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    q, r = rng.normal(size=(7, 20)), rng.normal(size=(30, 20))
+    brute = np.sort(np.linalg.norm(q[:, None] - r[None], axis=2), axis=1)
+    np.testing.assert_allclose(memorization.knn_distances(q, r, 5, chunk=3), brute[:, :5], rtol=1e-9)
+    assert memorization.knn_distances(q, r[:2], 50).shape == (7, 2)  # k is capped by the reference size
+
+
+def test_relative_rule_flags_copies_not_new_images(sets: dict[str, ImageSet]) -> None:
+    """The relative rule: a copy (or a near copy) has ratio ~0; new images, synthetic or real val, ~0.9."""
+    images = sets["syn"].images.copy()
+    images[5] = sets["train"].images[17]
+    images[9] = np.clip(sets["train"].images[3].astype(int) + 2, 0, 255).astype(np.uint8)
+    syn = _set(images, "syn")
+    ratio = memorization.relative_distance(images, sets["train"].images, 10)
+    assert ratio[5] == 0.0 and ratio[9] < 0.1 and np.delete(ratio, [5, 9]).min() > 0.5
+    for rule, want in (("quantile", [5, 9]), ("relative", [5, 9]), ("either", [5, 9])):
+        res = memorization.audit(syn, sets["train"], sets["val"], QualityConfig(copy_rule=rule, copy_relative_k=10))
+        assert np.flatnonzero(res.flags).tolist() == want, rule
+        near = res.summary["near_copies"]
+        assert near["flagged"] == 2 and near["real_val_flagged"] == 0 and near["k"] == 10
+        assert sum(v["flagged"] for v in near["per_label"].values()) == 2
+        assert near["min_ratio"]["synthetic"] == 0.0 and near["min_ratio"]["real_val"] > 0.5
+    # unlike the quantile rule (about 1% of real val by construction), the relative rule flags no real val image
+    assert QualityConfig().copy_rule == "quantile"
+    res_q = memorization.audit(syn, sets["train"], sets["val"], QualityConfig())
+    res_r = memorization.audit(syn, sets["train"], sets["val"], QualityConfig(copy_rule="relative"))
+    assert res_q.summary["real_val_flagged"] >= 1 and res_r.summary["real_val_flagged"] == 0
+    assert res_r.rows[5]["relative_distance"] == "0.0000"
+    # a looser delta catches a looser copy: a training image with visible noise added
+    noisy = images.copy()
+    noisy[0] = np.clip(sets["train"].images[8].astype(int) + rng_noise(12), 0, 255).astype(np.uint8)
+    r0 = memorization.relative_distance(noisy[:1], sets["train"].images, 10)[0]
+    assert 0.05 < r0 < 0.5
+    loose = QualityConfig(copy_rule="relative", copy_relative_k=10, copy_relative_delta=min(0.99, r0 + 0.01))
+    flagged = memorization.audit(_set(noisy, "syn"), sets["train"], sets["val"], loose).flags
+    assert flagged[0] and not memorization.audit(
+        _set(noisy, "syn"), sets["train"], sets["val"],
+        QualityConfig(copy_rule="relative", copy_relative_k=10, copy_relative_delta=r0 * 0.9)).flags[0]
+
+
+def rng_noise(scale: int) -> np.ndarray:
+    return np.random.default_rng(7).integers(-scale, scale + 1, size=(12, 12, 3))

@@ -41,6 +41,9 @@ QUALITY = {
             "real_only": {"accuracy": 0.7, "balanced_accuracy": 0.6, "macro_f1": 0.55}},
     "memorization": {"flagged": 1, "flagged_fraction": 0.11, "copy_space": "pixel", "n_synthetic": 9,
                      "n_generator_train": 21, "per_label": {"0": {"n": 3, "flagged": 7, "real_val_n": 40, "real_val_flagged": 2}},
+                     "copy_rule": "quantile",
+                     "near_copies": {"flagged": 3, "real_val_flagged": 0,
+                                     "per_label": {"0": {"flagged": 2, "real_val_flagged": 1}}},
                      "copying_test": {"pixel": {"c_t": -4.25, "classes_copying": ["2"],
                                                 "per_label": {"0": {"z": -0.8765}, "2": {"z": -4.5}}}}},
     "filter": {"vetted": True, "min_confidence": 0.5,
@@ -100,8 +103,10 @@ def test_report_sections_and_images(full_run: Path) -> None:
     assert "<td>7</td>" in per_class, "per-class memorization flags"
     assert "<td>2/40</td>" in per_class, "the copy rule's rate on real val images of the class (the reference)"
     assert "<td>-0.88</td>" in per_class, "per-class data-copying Z"
+    assert "<td>2 (1)</td>" in per_class, "per-class near-copies (relative rule) beside real val's"
     mem = html[html.index("Memorization audit"):]
     assert "<td>-4.25</td>" in mem and "<td>c</td>" in mem, "C_T and the copying classes by name"
+    assert "<td>3 (0)</td>" in mem and "<td>quantile (pixel)</td>" in mem, "near-copies and the flag rule"
     assert "Paired difference ratio" in html and "best classical" in html
 
 

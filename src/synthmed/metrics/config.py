@@ -36,4 +36,13 @@ class QualityConfig(BaseModel):
     copy_space: Literal["pixel", "feature", "either", "both"] = Field(
         "pixel", description="which NN distance(s) must fall under the threshold to flag a copy"
     )
+    copy_rule: Literal["quantile", "relative", "either"] = Field(
+        "quantile", description="which rule flags copies for the filter and gate: quantile (copy_quantile / absolute "
+        "thresholds), relative (Carlini et al. 2023: NN distance / mean of the k nearest <= copy_relative_delta), "
+        "either; both are always reported",
+    )
+    copy_relative_k: int = Field(50, ge=1, description="neighbours of the relative rule's mean distance")
+    copy_relative_delta: float = Field(
+        1 / 3, gt=0.0, lt=1.0, description="relative rule: a near-copy when NN distance / mean k-NN distance <= this"
+    )
     gallery_k: int = Field(8, ge=1, description="images per class in the good/poor galleries")

@@ -8,6 +8,13 @@ synthetic image is flagged as a copy when its NN distance is at or below the ``c
 The same rule applied to the real val images gives, per class, the flag rate of images that are not copies: a
 class of look-alike images (platelets) flags real images too, so its synthetic count is read against that rate.
 
+A quantile rule flags about that quantile of genuinely new images too, so its count cannot reach 0. The relative
+rule of Carlini et al. (USENIX Security 2023, their CIFAR-10 criterion) asks instead whether an image is far closer
+to its nearest training image than to its other near neighbours: the ratio of the NN pixel distance to the mean
+distance of the ``copy_relative_k`` nearest training images is about 0 for a copy and 0.6-1 for a new image (real
+val images of BloodMNIST: >= 0.64); at or below ``copy_relative_delta`` (default 1/3) it is a near-copy. It is always
+reported (``near_copies``) and decides the flags when ``copy_rule`` is relative or either.
+
 Beside the per-image flags, the set-level data-copying test of Meehan, Chaudhuri and Dasgupta (AISTATS 2020), per
 class: a Mann-Whitney U test of the synthetic->train NN distances against the held-out real val->train ones. Its
 Z is about 0 when synthetic images are as far from the training set as new real images, well below 0 (<= -3) when
@@ -57,6 +64,33 @@ def nearest(query: np.ndarray, ref: np.ndarray, chunk: int = 256, exclude_self: 
         # recompute the winners exactly (the expansion loses precision for near-identical vectors)
         dist[s : s + chunk] = np.sqrt(((x - r64[j]) ** 2).sum(1))
     return dist, idx
+
+
+def knn_distances(query: np.ndarray, ref: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+    """Euclidean distances of each query row to its ``k`` nearest ``ref`` rows, ascending (float64, chunked)."""
+    q64 = np.asarray(query, np.float64)
+    r64 = np.asarray(ref, np.float64)
+    k = max(1, min(k, len(r64)))
+    rr = (r64 * r64).sum(1)
+    out = np.empty((len(q64), k), np.float64)
+    for s in range(0, len(q64), chunk):
+        x = q64[s : s + chunk]
+        d2 = np.maximum((x * x).sum(1)[:, None] + rr[None, :] - 2.0 * x @ r64.T, 0.0)
+        part = np.partition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else d2
+        d = np.sqrt(np.sort(part, axis=1))
+        # the nearest exactly (the expansion loses precision for near-identical vectors), as in ``nearest``
+        d[:, 0] = np.sqrt(((x - r64[np.argmin(d2, axis=1)]) ** 2).sum(1))
+        out[s : s + chunk] = d
+    return out
+
+
+def relative_distance(query: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
+    """Pixel-space NN distance over the mean distance to the ``k`` nearest ``ref`` images (Carlini et al. 2023):
+    about 0 for a copy of one training image, 0.6-1 for a new image. Images alike to every neighbour give 0/0 = 1."""
+    d = knn_distances(pixel_vectors(query), pixel_vectors(ref), k)
+    mean = d.mean(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mean > 0, d[:, 0] / np.where(mean > 0, mean, 1.0), 1.0)
 
 
 def pixel_nearest(query: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,20 +208,30 @@ def audit(
         if val_feats is not None and len(val_feats):
             ref_fd, _ = nearest(val_feats, train_feats)
     thr = thresholds(ref_pd, ref_fd, quality_cfg)
+    k, delta = quality_cfg.copy_relative_k, quality_cfg.copy_relative_delta
+    syn_rel = relative_distance(synthetic.images, train.images, k)
+    ref_rel = relative_distance(val.images, train.images, k)
+    near, ref_near = syn_rel <= delta, ref_rel <= delta
+    rule = quality_cfg.copy_rule
     flags = flag_copies(syn_pd, syn_fd, thr, quality_cfg.copy_space)
     # the same rule applied to real val images, which are not copies: the flag rate of genuinely new images (about
     # copy_quantile overall, more in a class whose images are alike) is the reference for a class's synthetic rate
     ref_flags = flag_copies(ref_pd, ref_fd, thr, quality_cfg.copy_space)
+    if rule != "quantile":
+        flags = near | flags if rule == "either" else near
+        ref_flags = ref_near | ref_flags if rule == "either" else ref_near
     rows = []
     for i, id_ in enumerate(synthetic.ids):
         row = {"id": id_, "label": int(synthetic.labels[i]), "nn_pixel_id": train.ids[syn_pi[i]],
-               "pixel_distance": f"{syn_pd[i]:.6f}", "copy": bool(flags[i])}
+               "pixel_distance": f"{syn_pd[i]:.6f}", "relative_distance": f"{syn_rel[i]:.4f}",
+               "copy": bool(flags[i])}
         if syn_fd is not None:
             row.update(nn_feature_id=train.ids[syn_fi[i]], feature_distance=f"{syn_fd[i]:.6f}")
         rows.append(row)
     summary: dict[str, Any] = {
         "n_synthetic": len(synthetic), "n_generator_train": len(train), "n_real_val_reference": len(val),
-        "copy_space": quality_cfg.copy_space, "copy_quantile": quality_cfg.copy_quantile, "thresholds": thr,
+        "copy_rule": rule, "copy_space": quality_cfg.copy_space, "copy_quantile": quality_cfg.copy_quantile,
+        "thresholds": thr,
         "flagged": int(flags.sum()), "flagged_fraction": float(flags.mean()) if len(flags) else 0.0,
         "pixel_distance": {"synthetic_to_train": quantiles(syn_pd), "real_val_to_train": quantiles(ref_pd)},
         # per class (label index): where copies concentrate, e.g. a 10-image class the generator drew often
@@ -199,6 +243,17 @@ def audit(
         "real_val_flagged": int(ref_flags.sum()),
         "real_val_flagged_fraction": float(ref_flags.mean()) if len(ref_flags) else 0.0,
     }
+    summary["near_copies"] = {
+        "rule": "NN pixel distance / mean distance to the k nearest training images <= delta (Carlini et al. 2023)",
+        "k": int(min(k, len(train))), "delta": delta, "flagged": int(near.sum()),
+        "real_val_flagged": int(ref_near.sum()),
+        "min_ratio": {"synthetic": float(syn_rel.min()) if len(syn_rel) else None,
+                      "real_val": float(ref_rel.min()) if len(ref_rel) else None},
+        "per_label": {str(int(c)): {"flagged": int(near[synthetic.labels == c].sum()),
+                                    "real_val_flagged": int(ref_near[val.labels == c].sum()),
+                                    "min_ratio": float(syn_rel[synthetic.labels == c].min())
+                                    if (synthetic.labels == c).any() else None}
+                      for c in np.union1d(synthetic.labels, val.labels)}}
     summary["copying_test"] = {"pixel": copying_test(syn_pd, synthetic.labels, ref_pd, val.labels)}
     if syn_fd is not None and ref_fd is not None:
         summary["copying_test"]["feature"] = copying_test(syn_fd, synthetic.labels, ref_fd, val.labels)

@@ -54,11 +54,16 @@ def quality_section(q: dict[str, Any] | None) -> str:
     if isinstance(mem, dict):
         ct = _copying_pixel(q)
         body += "<h3>Memorization audit</h3>" + table(
-            ["flagged as training copies", "fraction", "real val flagged (same rule)", "space", "synthetic",
-             "generator train images", "data-copying C_T (pixel)", "classes copying (Z <= -3)"],
+            ["flagged as training copies", "fraction", "real val flagged (same rule)", "rule", "synthetic",
+             "generator train images", "near-copies (relative rule; real val)", "data-copying C_T (pixel)",
+             "classes copying (Z <= -3)"],
             [[fmt(mem.get("flagged")), fmt(mem.get("flagged_fraction")), fmt(mem.get("real_val_flagged")),
-              fmt(mem.get("copy_space")), fmt(mem.get("n_synthetic")), fmt(mem.get("n_generator_train")),
+              escape(_rule(mem)), fmt(mem.get("n_synthetic")), fmt(mem.get("n_generator_train")), _near(mem),
               fmt(ct.get("c_t"), 2), _copying(ct, q)]], left=0)
+        if isinstance(mem.get("near_copies"), dict):
+            body += ("<p class=note>Near-copies (Carlini et al. 2023): nearest-training-image pixel distance at or "
+                     "below delta times the mean distance to the k nearest; about 0 for a copy, 0.6-1 for new images. "
+                     "Unlike a quantile rule it flags (almost) no real val image.</p>")
         if ct:
             body += ("<p class=note>Data-copying test (Meehan et al. 2020), per class: Mann-Whitney Z of the synthetic "
                      "vs real val nearest-training-image distances; about 0 = as far as new real images, <= -3 = "
@@ -132,7 +137,8 @@ def per_class_quality(q: dict[str, Any]) -> str:
     classes = [str(c) for c in q.get("classes") or list(blocks["synthetic_all"])]
     cas = q.get("cas") if isinstance(q.get("cas"), dict) else {}
     syn_rec = (cas.get("synthetic_only") or {}).get("per_class_recall") or []
-    mem = ((q.get("memorization") or {}).get("per_label") or {}) if isinstance(q.get("memorization"), dict) else {}
+    audit = q.get("memorization") if isinstance(q.get("memorization"), dict) else {}
+    mem = audit.get("per_label") or {}
     real_rec = (cas.get("real_only") or {}).get("per_class_recall") or []
     ct = _copying_pixel(q).get("per_label") or {}
     if not classes or not any(blocks.values()):
@@ -145,18 +151,34 @@ def per_class_quality(q: dict[str, Any]) -> str:
                      fmt(allb.get("recall")), fmt(syn_rec[i] if i < len(syn_rec) else None),
                      fmt(real_rec[i] if i < len(real_rec) else None),
                      fmt((mem.get(str(i)) or {}).get("flagged")), _val_rate(mem.get(str(i)) or {}),
-                     fmt(((ct.get(str(i)) or {}).get("z")), 2)])
+                     _near(audit, str(i)), fmt(((ct.get(str(i)) or {}).get("z")), 2)])
     return ("<h3 id=per-class-quality>Per class</h3><p class=note>FID per class uses few images (n shown): compare "
             "a class only with its own real reference.</p>"
             + table(["class", "n real", "n synthetic", "FID real ref.", "FID all", "FID kept", "precision",
                      "recall", "CAS recall (synthetic-trained)", "recall (real-trained)", "copies flagged",
-                     "real val flagged (reference)", "copying Z"], rows))
+                     "real val flagged (reference)", "near-copies (real val)", "copying Z"], rows))
 
 
 def _val_rate(entry: dict[str, Any]) -> str:
     """The copy rule's rate on real val images of the class (not copies): ``k/n``, or an en dash for old runs."""
     n, k = entry.get("real_val_n"), entry.get("real_val_flagged")
     return f"{k}/{n}" if isinstance(n, int) and isinstance(k, int) else "–"
+
+
+def _rule(mem: dict[str, Any]) -> str:
+    """The rule that set the flags: quantile (with its space), relative or either; old runs have no copy_rule."""
+    rule = mem.get("copy_rule") or "quantile"
+    return f"{rule} ({mem.get('copy_space')})" if rule != "relative" else rule
+
+
+def _near(mem: dict[str, Any], label: str | None = None) -> str:
+    """The relative rule's near-copies as ``synthetic (real val k)``, or an en dash for runs without it."""
+    near = mem.get("near_copies") if isinstance(mem.get("near_copies"), dict) else {}
+    if label is not None:
+        near = (near.get("per_label") or {}).get(label) or {}
+    if not isinstance(near.get("flagged"), int):
+        return "–"
+    return f"{near['flagged']} ({near.get('real_val_flagged', '–')})"
 
 
 def _copying_pixel(q: dict[str, Any]) -> dict[str, Any]:
