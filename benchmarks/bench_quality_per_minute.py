@@ -172,8 +172,7 @@ def main() -> None:
                 pt[key] = fid(real, inception_features(imgs))
                 pt["sample_minutes"] = sample_min
                 print(f"{kind} step {step} ({args.ref}, guidance {args.guidance}, {args.sampler} "
-                      f"{args.sampler_steps}): "
-                      f"FID {pt[key]:.2f}", flush=True)
+                      f"{args.sampler_steps}): FID {pt[key]:.2f}", flush=True)
                 log.write_text(json.dumps(points, indent=1))
             rows.append((kind, mark, step, pt["minutes"], pt["cpu_minutes"], pt[key]))
             print(f"| {kind} | {mark:g} | {step} | {pt['minutes']:.1f} | {pt['cpu_minutes']:.1f} | {pt[key]:.1f} |",

@@ -142,12 +142,16 @@ def test_closest_pairs_gallery(tmp_path: Path, sets: dict[str, ImageSet]) -> Non
     assert (tmp_path / "m.csv").read_text().splitlines()[0].startswith("id,label,nn_pixel_id,pixel_distance")
 
 
-def test_knn_distances_match_brute_force() -> None:
+def test_knn_matches_brute_force() -> None:
     rng = np.random.default_rng(3)
     q, r = rng.normal(size=(7, 20)), rng.normal(size=(30, 20))
     brute = np.sort(np.linalg.norm(q[:, None] - r[None], axis=2), axis=1)
-    np.testing.assert_allclose(memorization.knn_distances(q, r, 5, chunk=3), brute[:, :5], rtol=1e-9)
-    assert memorization.knn_distances(q, r[:2], 50).shape == (7, 2)  # k is capped by the reference size
+    d, i = memorization.knn(q, r, 5, chunk=3)
+    np.testing.assert_allclose(d, brute[:, :5], rtol=1e-9)
+    assert i.tolist() == np.argmin(np.linalg.norm(q[:, None] - r[None], axis=2), axis=1).tolist()
+    assert memorization.knn(q, r[:2], 50)[0].shape == (7, 2)  # k is capped by the reference size
+    # the audit's nearest image comes from the same pass: nearest() is knn with k = 1
+    np.testing.assert_allclose(memorization.nearest(q, r)[0], brute[:, 0], rtol=1e-9)
 
 
 def test_relative_rule_flags_copies_not_new_images(sets: dict[str, ImageSet]) -> None:

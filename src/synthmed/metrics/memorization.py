@@ -46,58 +46,60 @@ def pixel_vectors(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, np.float32).reshape(len(images), -1) / 255.0
 
 
-def nearest(query: np.ndarray, ref: np.ndarray, chunk: int = 256, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean NN of each query row among ``ref`` rows (float64, chunked): (distance, index)."""
-    q64 = np.asarray(query, np.float64)
-    r64 = np.asarray(ref, np.float64)
-    rr = (r64 * r64).sum(1)
-    dist = np.empty(len(q64), np.float64)
-    idx = np.empty(len(q64), np.int64)
-    for s in range(0, len(q64), chunk):
-        x = q64[s : s + chunk]
-        d2 = (x * x).sum(1)[:, None] + rr[None, :] - 2.0 * x @ r64.T
-        if exclude_self:
-            rows = np.arange(len(x))
-            d2[rows, s + rows] = np.inf
-        j = np.argmin(d2, axis=1)
-        idx[s : s + chunk] = j
-        # recompute the winners exactly (the expansion loses precision for near-identical vectors)
-        dist[s : s + chunk] = np.sqrt(((x - r64[j]) ** 2).sum(1))
-    return dist, idx
-
-
-def knn_distances(query: np.ndarray, ref: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
-    """Euclidean distances of each query row to its ``k`` nearest ``ref`` rows, ascending (float64, chunked)."""
+def knn(query: np.ndarray, ref: np.ndarray, k: int, chunk: int = 256,
+        exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances of each query row to its ``k`` nearest ``ref`` rows, ascending (float64, chunked; ``k``
+    capped by the reference size), and the index of the nearest. The nearest distance is exact."""
     q64 = np.asarray(query, np.float64)
     r64 = np.asarray(ref, np.float64)
     k = max(1, min(k, len(r64)))
     rr = (r64 * r64).sum(1)
-    out = np.empty((len(q64), k), np.float64)
+    dist = np.empty((len(q64), k), np.float64)
+    idx = np.empty(len(q64), np.int64)
     for s in range(0, len(q64), chunk):
         x = q64[s : s + chunk]
         d2 = np.maximum((x * x).sum(1)[:, None] + rr[None, :] - 2.0 * x @ r64.T, 0.0)
+        if exclude_self:
+            rows = np.arange(len(x))
+            d2[rows, s + rows] = np.inf
         part = np.partition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else d2
         d = np.sqrt(np.sort(part, axis=1))
-        # the nearest exactly (the expansion loses precision for near-identical vectors), as in ``nearest``
-        d[:, 0] = np.sqrt(((x - r64[np.argmin(d2, axis=1)]) ** 2).sum(1))
-        out[s : s + chunk] = d
-    return out
+        j = np.argmin(d2, axis=1)
+        # recompute the winners exactly (the expansion loses precision for near-identical vectors)
+        d[:, 0] = np.sqrt(((x - r64[j]) ** 2).sum(1))
+        dist[s : s + chunk], idx[s : s + chunk] = d, j
+    return dist, idx
 
 
-def relative_distance(query: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
-    """Pixel-space NN distance over the mean distance to the ``k`` nearest ``ref`` images (Carlini et al. 2023):
-    about 0 for a copy of one training image, 0.6-1 for a new image. Images alike to every neighbour give 0/0 = 1."""
-    d = knn_distances(pixel_vectors(query), pixel_vectors(ref), k)
-    mean = d.mean(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(mean > 0, d[:, 0] / np.where(mean > 0, mean, 1.0), 1.0)
+def nearest(query: np.ndarray, ref: np.ndarray, chunk: int = 256, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean NN of each query row among ``ref`` rows (float64, chunked): (distance, index)."""
+    d, i = knn(query, ref, 1, chunk, exclude_self)
+    return d[:, 0], i
+
+
+def pixel_knn(query: np.ndarray, ref: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``knn`` in pixel space; distances are RMS pixel differences in [0, 1] units."""
+    q, r = pixel_vectors(query), pixel_vectors(ref)
+    d, i = knn(q, r, k)
+    return d / np.sqrt(max(q.shape[1], 1)), i
 
 
 def pixel_nearest(query: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """NN in pixel space; distances are RMS pixel differences in [0, 1] units."""
-    q, r = pixel_vectors(query), pixel_vectors(ref)
-    d, i = nearest(q, r)
-    return d / np.sqrt(max(q.shape[1], 1)), i
+    d, i = pixel_knn(query, ref, 1)
+    return d[:, 0], i
+
+
+def relative_ratio(knn_d: np.ndarray) -> np.ndarray:
+    """NN distance over the mean of the k nearest (rows of ``knn``'s distances; Carlini et al. 2023): about 0 for a
+    copy of one training image, 0.6-1 for a new image. Images alike to every neighbour give 0/0 = 1."""
+    mean = knn_d.mean(1)
+    return np.where(mean > 0, knn_d[:, 0] / np.where(mean > 0, mean, 1.0), 1.0)
+
+
+def relative_distance(query: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
+    """``relative_ratio`` of the ``k`` nearest ``ref`` images in pixel space."""
+    return relative_ratio(pixel_knn(query, ref, k)[0])
 
 
 def quantiles(values: np.ndarray) -> dict[str, float]:
@@ -200,17 +202,18 @@ def audit(
     syn_feats: np.ndarray | None = None, train_feats: np.ndarray | None = None, val_feats: np.ndarray | None = None,
 ) -> AuditResult:
     """Run the audit of ``synthetic`` against the generator's ``train`` images, with real ``val`` as reference."""
-    syn_pd, syn_pi = pixel_nearest(synthetic.images, train.images)
-    ref_pd, _ = pixel_nearest(val.images, train.images)
+    # one pixel-space k-NN pass per set: the nearest image (quantile rule, data-copying test) and the relative rule
+    k, delta = quality_cfg.copy_relative_k, quality_cfg.copy_relative_delta
+    syn_knn, syn_pi = pixel_knn(synthetic.images, train.images, k)
+    ref_knn, _ = pixel_knn(val.images, train.images, k)
+    syn_pd, ref_pd = syn_knn[:, 0], ref_knn[:, 0]
+    syn_rel, ref_rel = relative_ratio(syn_knn), relative_ratio(ref_knn)
     syn_fd = syn_fi = ref_fd = None
     if syn_feats is not None and train_feats is not None and len(syn_feats):
         syn_fd, syn_fi = nearest(syn_feats, train_feats)
         if val_feats is not None and len(val_feats):
             ref_fd, _ = nearest(val_feats, train_feats)
     thr = thresholds(ref_pd, ref_fd, quality_cfg)
-    k, delta = quality_cfg.copy_relative_k, quality_cfg.copy_relative_delta
-    syn_rel = relative_distance(synthetic.images, train.images, k)
-    ref_rel = relative_distance(val.images, train.images, k)
     near, ref_near = syn_rel <= delta, ref_rel <= delta
     rule = quality_cfg.copy_rule
     flags = flag_copies(syn_pd, syn_fd, thr, quality_cfg.copy_space)
