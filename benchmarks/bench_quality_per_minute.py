@@ -31,7 +31,8 @@ def settings(kind: str, args: argparse.Namespace):
     arch = {}
     if args.channels:  # a custom UNet between the presets, e.g. --channels 24,48
         arch = dict(preset="custom", block_out_channels=[int(c) for c in args.channels.split(",")],
-                    layers_per_block=args.layers, attention_levels=[])
+                    layers_per_block=args.layers,
+                    attention_levels=[int(a) for a in args.attention.split(",") if a])
     common = dict(**({"preset": args.preset} | arch), steps=args.train_steps, batch_size=args.batch, lr=args.lr,
                   warmup_steps=min(100, args.train_steps // 10), checkpoint_every=args.every, keep_checkpoints=1000,
                   hflip=True, vflip=True, ema_decay=args.ema_decay, mixed_precision="no")
@@ -110,6 +111,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--channels", default="", help="custom UNet channels per level (overrides --preset)")
     p.add_argument("--layers", type=int, default=1, help="layers per block of the custom UNet")
+    p.add_argument("--attention", default="", help="levels of the custom UNet with self-attention, e.g. 2")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -136,6 +138,7 @@ def main() -> None:
     for kind in args.kinds.split(","):
         cfg = settings(kind, args)
         name = f"c{args.channels.replace(',', '-')}l{args.layers}" if args.channels else args.preset
+        name += f"a{args.attention.replace(',', '-')}" if args.channels and args.attention else ""
         work = args.work / f"{kind}-{name}-b{args.batch}-lr{args.lr}-s{args.train_steps}"
         work.mkdir(parents=True, exist_ok=True)
         log = work / "points.json"

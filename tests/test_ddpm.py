@@ -72,6 +72,8 @@ def test_presets_and_param_counts():
         with torch.device("meta"):  # count without allocating
             counts[name] = count_params(build_unet(arch, 3, 8, 32))
     assert counts["XS"] < 300_000
+    assert counts["XS"] < counts["XS-deep"] < 1.5e6  # two more coarse levels, down to 4x4 at 32 px
+    assert len(resolve_arch(DDPMConfig(preset="XS-deep"))["block_out_channels"]) == 4
     assert 1.2e6 < counts["S"] < 2.0e6
     assert 5.5e6 < counts["M"] < 7.5e6
     assert 20e6 < counts["L"] < 30e6

@@ -22,6 +22,10 @@ SAMPLERS = ("dpmpp", "ddim", "ddpm")
 #: architecture presets at 32 px (parameter counts with 3 channels and 9 class embeddings in docs/generator-ddpm.md)
 PRESETS: dict[str, dict[str, Any]] = {
     "XS": {"block_out_channels": [16, 32], "layers_per_block": 1, "attention_levels": [], "norm_num_groups": 8},
+    # XS's top level (which sets a step's cost) with two more coarse levels, down to 4x4 (self-attention there): a
+    # wider receptive field at about the XS step cost (BENCHMARKS.md, "A deeper UNet at the XS step cost")
+    "XS-deep": {"block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "attention_levels": [3],
+                "norm_num_groups": 8},
     "S": {"block_out_channels": [32, 64, 64], "layers_per_block": 2, "attention_levels": [2], "norm_num_groups": 8},
     "M": {"block_out_channels": [64, 128, 128], "layers_per_block": 2, "attention_levels": [2], "norm_num_groups": 32},
     "L": {"block_out_channels": [128, 256, 256], "layers_per_block": 2, "attention_levels": [1, 2],

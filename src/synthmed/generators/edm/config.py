@@ -13,7 +13,7 @@ class EDMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
-    preset: Literal["XS", "S", "M", "L", "custom"] = "S"
+    preset: Literal["XS", "XS-deep", "S", "M", "L", "custom"] = "S"
     block_out_channels: list[int] | None = Field(None, description="custom channels per level (preset: custom)")
     layers_per_block: int = Field(2, ge=1)
     attention_levels: list[int] | None = Field(None, description="levels (0 = highest resolution) with attention")
