@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from synthmed.data.dataset import ImageSet
 from synthmed.errors import ConfigError, TrainingDivergedError, UserError
 from synthmed.generators.config import DDPMConfig
+from synthmed.generators.edm.config import UNetPreset
 from synthmed.generators.base import SampleOptions
 from synthmed.generators.checkpoints import SimulatedInterrupt, list_checkpoints
 from synthmed.generators.ddpm.generator import DDPMGenerator
@@ -74,6 +76,7 @@ def test_presets_and_param_counts():
     assert counts["XS"] < 300_000
     assert counts["XS"] < counts["XS-deep"] < 1.5e6  # two more coarse levels, down to 4x4 at 32 px
     assert len(resolve_arch(DDPMConfig(preset="XS-deep"))["block_out_channels"]) == 4
+    assert set(typing.get_args(UNetPreset)) == set(PRESETS) | {"custom"}  # the config accepts exactly the presets
     assert 1.2e6 < counts["S"] < 2.0e6
     assert 5.5e6 < counts["M"] < 7.5e6
     assert 20e6 < counts["L"] < 30e6

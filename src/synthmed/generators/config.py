@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from synthmed.generators.edm.config import EDMConfig
+from synthmed.generators.edm.config import EDMConfig, UNetPreset
 from synthmed.generators.sd_config import StableDiffusionConfig
 
 
@@ -17,7 +17,7 @@ class _Strict(BaseModel):
 class DDPMConfig(_Strict):
     """The class-conditional UNet trained from scratch (``generator.kind: ddpm``)."""
 
-    preset: Literal["XS", "XS-deep", "S", "M", "L", "custom"] = "S"
+    preset: UNetPreset = "S"
     block_out_channels: list[int] | None = Field(None, description="custom channels per level (preset: custom)")
     layers_per_block: int = Field(2, ge=1)
     attention_levels: list[int] | None = Field(None, description="levels (0 = highest resolution) with attention")

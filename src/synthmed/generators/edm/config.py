@@ -7,13 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: the UNet presets shared by the ddpm and edm kinds (``generators/ddpm/model.py: PRESETS``), or ``custom``
+UNetPreset = Literal["XS", "XS-deep", "S", "M", "L", "custom"]
+
 
 class EDMConfig(BaseModel):
     """The class-conditional EDM UNet trained from scratch (``generator.kind: edm``)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
-    preset: Literal["XS", "XS-deep", "S", "M", "L", "custom"] = "S"
+    preset: UNetPreset = "S"
     block_out_channels: list[int] | None = Field(None, description="custom channels per level (preset: custom)")
     layers_per_block: int = Field(2, ge=1)
     attention_levels: list[int] | None = Field(None, description="levels (0 = highest resolution) with attention")
