@@ -30,7 +30,7 @@ def generator_at(work: Path, preset: str, step: int, **overrides):
     from synthmed.generators.config import DDPMConfig
     from synthmed.generators.checkpoints import load_tensors
     from synthmed.generators.ddpm.generator import DDPMGenerator
-    from synthmed.generators.ddpm.model import ImagePolicy, build_unet, resolve_arch
+    from synthmed.generators.ddpm.model import ImagePolicy, build_unet, downsampling, resolve_arch
 
     cfg = DDPMConfig(preset=preset, **overrides)
     arch = resolve_arch(cfg)
@@ -40,7 +40,7 @@ def generator_at(work: Path, preset: str, step: int, **overrides):
     assert not [m for m in missing if m in dict(unet.named_parameters())], missing
     sched = dict(DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                prediction_type=cfg.prediction_type).config)
-    policy = ImagePolicy.for_data(28, 28, 3, cfg, len(arch["block_out_channels"]))
+    policy = ImagePolicy.for_data(28, 28, 3, cfg, downsampling(arch))
     return DDPMGenerator(unet.eval(), sched, CLASSES, policy)
 
 

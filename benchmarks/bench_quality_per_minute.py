@@ -33,6 +33,8 @@ def settings(kind: str, args: argparse.Namespace):
         arch = dict(preset="custom", block_out_channels=[int(c) for c in args.channels.split(",")],
                     layers_per_block=args.layers,
                     attention_levels=[int(a) for a in args.attention.split(",") if a])
+    if getattr(args, "patch", 1) > 1:
+        arch["patch_size"] = args.patch
     common = dict(**({"preset": args.preset} | arch), steps=args.train_steps, batch_size=args.batch, lr=args.lr,
                   warmup_steps=min(100, args.train_steps // 10), checkpoint_every=args.every, keep_checkpoints=1000,
                   hflip=True, vflip=True, ema_decay=args.ema_decay, mixed_precision="no")
@@ -63,7 +65,7 @@ def generator_at(kind: str, cfg, work: Path, step: int):
 
     from synthmed.generators.checkpoints import load_tensors
     from synthmed.generators.ddpm.generator import DDPMGenerator
-    from synthmed.generators.ddpm.model import ImagePolicy, build_unet, resolve_arch
+    from synthmed.generators.ddpm.model import ImagePolicy, build_unet, downsampling, resolve_arch
     from synthmed.generators.edm import precond
     from synthmed.generators.edm.generator import EDMGenerator
 
@@ -73,7 +75,7 @@ def generator_at(kind: str, cfg, work: Path, step: int):
     missing, _ = unet.load_state_dict(ema, strict=False)
     if [m for m in missing if m in dict(unet.named_parameters())]:
         raise SystemExit(f"checkpoint {step}: parameters missing from the EMA weights")
-    policy = ImagePolicy.for_data(28, 28, 3, cfg, len(arch["block_out_channels"]))
+    policy = ImagePolicy.for_data(28, 28, 3, cfg, downsampling(arch))
     if kind == "ddpm":
         sched = dict(DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                    prediction_type=cfg.prediction_type).config)
@@ -112,6 +114,8 @@ def main() -> None:
     p.add_argument("--channels", default="", help="custom UNet channels per level (overrides --preset)")
     p.add_argument("--layers", type=int, default=1, help="layers per block of the custom UNet")
     p.add_argument("--attention", default="", help="levels of the custom UNet with self-attention, e.g. 2")
+    p.add_argument("--patch", type=int, default=1, choices=[1, 2, 4],
+                   help="pixel-unshuffle patch size of the UNet (2: the UNet runs at 16x16 on 12 channels)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
@@ -139,6 +143,7 @@ def main() -> None:
         cfg = settings(kind, args)
         name = f"c{args.channels.replace(',', '-')}l{args.layers}" if args.channels else args.preset
         name += f"a{args.attention.replace(',', '-')}" if args.channels and args.attention else ""
+        name += f"p{args.patch}" if args.patch > 1 else ""
         work = args.work / f"{kind}-{name}-b{args.batch}-lr{args.lr}-s{args.train_steps}"
         work.mkdir(parents=True, exist_ok=True)
         log = work / "points.json"

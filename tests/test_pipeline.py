@@ -208,3 +208,19 @@ def test_run_workers_error_stops_the_pool_and_resumes(tmp_path: Path, fake_log: 
     run_pipeline(make_cfg(), run, live=False, workers=2)
     got = stages(calls(fake_log))
     assert got.count("train") == 6 and got[-1] == "report", got
+
+
+def test_finetune_key_ignores_an_unset_later_generator_field() -> None:
+    """Run directories made before ``generator.*.patch_size`` existed keep their cached generator; setting it is
+    a new generator."""
+    from synthmed.pipeline import keys
+
+    cfg = Config()
+    up = keys.upstream_keys(cfg)
+    old = cfg.generator.model_dump(mode="json", by_alias=True)
+    for kind in ("ddpm", "edm"):
+        assert old[kind].pop("patch_size") is None  # the field exists, unset
+    assert up.finetune == keys.digest({"stage": "finetune", "in": up.data, "generator": old})
+    patched = with_overrides(cfg, ["generator.ddpm.patch_size=2"])
+    assert keys.upstream_keys(patched).finetune != up.finetune
+    assert keys.upstream_keys(patched).data == up.data

@@ -22,6 +22,8 @@ class DDPMConfig(_Strict):
     layers_per_block: int = Field(2, ge=1)
     attention_levels: list[int] | None = Field(None, description="levels (0 = highest resolution) with attention")
     resolution: int | None = Field(None, description="training resolution; None = data size rounded up to a multiple of 8")
+    patch_size: Literal[1, 2, 4] | None = Field(None, description="fold p x p pixel patches into channels before "
+                                                "the UNet (pixel-unshuffle): it runs at resolution / p; None = preset's")
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     num_train_timesteps: int = Field(1000, ge=10)

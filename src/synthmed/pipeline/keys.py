@@ -26,8 +26,23 @@ def digest(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(f"v{KEY_VERSION}:{text}".encode()).hexdigest()[:n]
 
 
+#: generator fields added after run directories existed: left out of the finetune key while unset (None), so
+#: those runs keep their cached generators
+_LATER_GENERATOR_FIELDS = ("patch_size",)
+
+
 def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True)
+
+
+def _generator_dump(generator: Any) -> Any:
+    d = _dump(generator)
+    for kind in d.values():
+        if isinstance(kind, dict):
+            for name in _LATER_GENERATOR_FIELDS:
+                if name in kind and kind[name] is None:
+                    del kind[name]
+    return d
 
 
 @dataclass(frozen=True)
@@ -45,7 +60,7 @@ class UpstreamKeys:
 
 def upstream_keys(cfg: Config) -> UpstreamKeys:
     data = digest({"stage": "data", "data": _dump(cfg.data), "seed": cfg.seed})
-    finetune = digest({"stage": "finetune", "in": data, "generator": _dump(cfg.generator)})
+    finetune = digest({"stage": "finetune", "in": data, "generator": _generator_dump(cfg.generator)})
     generate = digest({"stage": "generate", "in": finetune, "generation": _dump(cfg.generation)})
     quality = digest({
         "stage": "quality", "in": generate, "quality": _dump(cfg.quality), "filter": _dump(cfg.filter),

@@ -21,7 +21,7 @@ from synthmed.generators import contract
 from synthmed.generators.base import SampleOptions
 from synthmed.generators.config import DDPMConfig
 from synthmed.generators.ddpm.model import (
-    DEFAULT_GUIDANCE, ImagePolicy, default_steps, make_sampler, resolve_arch, to_model_range,
+    DEFAULT_GUIDANCE, ImagePolicy, default_steps, downsampling, load_unet, make_sampler, resolve_arch, to_model_range,
 )
 from synthmed.io import atomic_write_json, sha256_file
 
@@ -78,7 +78,7 @@ class DDPMGenerator:
         dcfg = getattr(cfg.generator, cls.kind)  # generator.ddpm (generator.edm for the EDM subclass)
         arch = resolve_arch(dcfg)
         h, w = data.size
-        policy = ImagePolicy.for_data(h, w, data.channels, dcfg, len(arch["block_out_channels"]))
+        policy = ImagePolicy.for_data(h, w, data.channels, dcfg, downsampling(arch))
         acc = make_accelerator(cfg.device)
         gen = cls(None, {}, list(data.classes), policy, device=acc.device)
         gen.settings, gen.seed, gen.device_name, gen.world = dcfg, int(cfg.seed), cfg.device, acc.num_processes
@@ -237,8 +237,6 @@ class DDPMGenerator:
     def load(cls, path: str | Path, cfg: Config | None = None, device: str | torch.device | None = None
              ) -> DDPMGenerator:
         """Load a saved generator onto ``cfg.device`` (this process's device under accelerate) or ``device``."""
-        from diffusers import UNet2DModel
-
         path = Path(path)
         meta = contract.read_metadata(path, cls.kind)
         weights = path / WEIGHTS
@@ -248,7 +246,7 @@ class DDPMGenerator:
             from synthmed.generators.accel import make_accelerator
 
             device = make_accelerator(cfg.device).device
-        unet = UNet2DModel.from_pretrained(path / "unet", use_safetensors=True)
+        unet = load_unet(path / "unet", int(meta.get("arch", {}).get("patch_size", 1)))
         sched_cfg = cls._load_scheduler_config(path / "scheduler")
         gen = cls(unet, sched_cfg, list(meta["classes"]), ImagePolicy.from_dict(meta["image_policy"]), meta,
                   device=device or "cpu")

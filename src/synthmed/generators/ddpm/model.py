@@ -1,7 +1,9 @@
 """The DDPM's network and image geometry: UNet presets, the image policy (reflect padding), sampling schedulers.
 
 The UNet is diffusers' ``UNet2DModel`` with ``num_class_embeds = n_classes + 1``: the last class index is the
-"null" label used for classifier-free guidance.
+"null" label used for classifier-free guidance. With ``patch_size`` p > 1 it is :class:`PatchUNet2DModel`, the same
+network run on p x p pixel patches folded into channels (pixel-unshuffle; the U-ViT / simple-diffusion "patch 2"):
+its levels run at resolution / p, so a wider network costs what a thin one at full resolution does.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def resolve_arch(cfg: DDPMConfig) -> dict[str, Any]:
-    """Channels, layers, attention levels and norm groups for a preset (explicit config keys override it)."""
+    """Channels, layers, attention levels, norm groups and patch size for a preset (explicit config keys override
+    it)."""
     if cfg.preset == "custom":
         if not cfg.block_out_channels:
             raise ConfigError("generator.ddpm.preset=custom needs generator.ddpm.block_out_channels (e.g. [32, 64, 64])")
@@ -50,6 +53,7 @@ def resolve_arch(cfg: DDPMConfig) -> dict[str, Any]:
             arch["layers_per_block"] = cfg.layers_per_block
         if cfg.attention_levels is not None:
             arch["attention_levels"] = list(cfg.attention_levels)
+    arch["patch_size"] = int(cfg.patch_size or arch.get("patch_size", 1))
     n = len(arch["block_out_channels"])
     bad = [lv for lv in arch["attention_levels"] if not 0 <= lv < n]
     if bad:
@@ -57,20 +61,68 @@ def resolve_arch(cfg: DDPMConfig) -> dict[str, Any]:
     return arch
 
 
+def downsampling(arch: dict[str, Any]) -> int:
+    """How many pixels of the input one pixel of the UNet's coarsest level spans, per side."""
+    return int(arch.get("patch_size", 1)) * 2 ** (len(arch["block_out_channels"]) - 1)
+
+
 def build_unet(arch: dict[str, Any], channels: int, n_classes: int, resolution: int) -> Any:
-    """A fresh ``UNet2DModel`` (initialised from torch's global RNG)."""
+    """A fresh ``UNet2DModel`` (initialised from torch's global RNG); a ``PatchUNet2DModel`` when patch_size > 1."""
     from diffusers import UNet2DModel
 
     n = len(arch["block_out_channels"])
+    p = int(arch.get("patch_size", 1))
     attn = set(arch["attention_levels"])
     down = tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(n))
     up = tuple("AttnUpBlock2D" if (n - 1 - i) in attn else "UpBlock2D" for i in range(n))
-    return UNet2DModel(
-        sample_size=resolution, in_channels=channels, out_channels=channels,
+    unet = (UNet2DModel if p == 1 else patch_unet_class())(
+        sample_size=resolution // p, in_channels=channels * p * p, out_channels=channels * p * p,
         block_out_channels=tuple(arch["block_out_channels"]), layers_per_block=arch["layers_per_block"],
         down_block_types=down, up_block_types=up, num_class_embeds=n_classes + 1,
         norm_num_groups=arch["norm_num_groups"], attention_head_dim=8,
     )
+    if p > 1:
+        unet.patch_size = p
+    return unet
+
+
+def load_unet(folder: Any, patch_size: int = 1) -> Any:
+    """A saved UNet (``save_pretrained`` folder); ``patch_size`` from the generator's metadata (``arch``)."""
+    from diffusers import UNet2DModel
+
+    if int(patch_size) == 1:
+        return UNet2DModel.from_pretrained(folder, use_safetensors=True)
+    unet = patch_unet_class().from_pretrained(folder, use_safetensors=True)
+    unet.patch_size = int(patch_size)
+    return unet
+
+
+def patch_unet_class() -> type:
+    """``PatchUNet2DModel``: a ``UNet2DModel`` whose forward folds p x p patches into channels and back
+    (``F.pixel_unshuffle`` / ``F.pixel_shuffle``); same weights, config and call signature (``.sample``)."""
+    global _PATCH_UNET
+    if _PATCH_UNET is None:
+        import torch.nn.functional as F
+        from diffusers import UNet2DModel
+        from diffusers.models.unets.unet_2d import UNet2DOutput
+
+        class PatchUNet2DModel(UNet2DModel):
+            patch_size = 2
+
+            def forward(self, sample: torch.Tensor, timestep: Any, class_labels: Any = None,
+                        return_dict: bool = True) -> Any:
+                p = self.patch_size
+                if sample.shape[-1] % p or sample.shape[-2] % p:
+                    raise ValueError(f"input {tuple(sample.shape[-2:])} is not a multiple of the patch size {p}")
+                out = super().forward(F.pixel_unshuffle(sample, p), timestep, class_labels=class_labels).sample
+                out = F.pixel_shuffle(out, p)
+                return UNet2DOutput(sample=out) if return_dict else (out,)
+
+        _PATCH_UNET = PatchUNet2DModel
+    return _PATCH_UNET
+
+
+_PATCH_UNET: type | None = None
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -91,8 +143,9 @@ class ImagePolicy:
     pad: tuple[int, int, int, int]  # top, bottom, left, right
 
     @classmethod
-    def for_data(cls, height: int, width: int, channels: int, cfg: DDPMConfig, n_levels: int) -> ImagePolicy:
-        mult = max(8, 2 ** (n_levels - 1))
+    def for_data(cls, height: int, width: int, channels: int, cfg: DDPMConfig, factor: int) -> ImagePolicy:
+        """``factor``: the UNet's total downsampling (:func:`downsampling`); the resolution is a multiple of it."""
+        mult = max(8, factor)
         need = max(height, width)
         res = cfg.resolution if cfg.resolution is not None else mult * math.ceil(need / mult)
         if res % mult or res < need:

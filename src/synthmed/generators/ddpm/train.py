@@ -29,7 +29,9 @@ from synthmed.generators.accel import DataParallel, make_accelerator, resolve_pr
 from synthmed.generators.checkpoints import SimulatedInterrupt
 from synthmed.generators.config import DDPMConfig
 from synthmed.generators.ddpm.generator import DDPMGenerator
-from synthmed.generators.ddpm.model import ImagePolicy, build_unet, count_params, resolve_arch, to_model_range
+from synthmed.generators.ddpm.model import (
+    ImagePolicy, build_unet, count_params, downsampling, resolve_arch, to_model_range,
+)
 from synthmed.generators.optim import optimizer_step
 from synthmed.generators.sampling import IndexSampler
 
@@ -43,6 +45,8 @@ def fingerprint(cfg: DDPMConfig, seed: int, train: ImageSet, world: int) -> str:
     d = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_TRAJECTORY_KEYS}
     if not cfg.cbdm_tau:  # off: checkpoints written before the CBDM option existed still resume
         d.pop("cbdm_tau"), d.pop("cbdm_gamma")
+    if d.get("patch_size") is None:  # unset: checkpoints written before the option existed still resume
+        d.pop("patch_size", None)
     facts: dict[str, Any] = {"cfg": d, "seed": seed, "world": world}
     if world > 1:
         facts["batch"] = "global"
@@ -139,7 +143,7 @@ def train_ddpm(
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     arch = resolve_arch(cfg)
     h, w = train.size
-    policy = ImagePolicy.for_data(h, w, train.channels, cfg, len(arch["block_out_channels"]))
+    policy = ImagePolicy.for_data(h, w, train.channels, cfg, downsampling(arch))
     null_class = len(classes)
 
     set_seed(seed)

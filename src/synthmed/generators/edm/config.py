@@ -21,6 +21,8 @@ class EDMConfig(BaseModel):
     layers_per_block: int = Field(2, ge=1)
     attention_levels: list[int] | None = Field(None, description="levels (0 = highest resolution) with attention")
     resolution: int | None = Field(None, description="training resolution; None = data size rounded up to a multiple of 8")
+    patch_size: Literal[1, 2, 4] | None = Field(None, description="fold p x p pixel patches into channels before "
+                                                "the UNet (pixel-unshuffle): it runs at resolution / p; None = preset's")
     sigma_data: float = Field(0.5, gt=0, description="std of the data in [-1, 1] (EDM: 0.5)")
     p_mean: float = Field(-1.2, description="mean of ln(sigma) when drawing training noise levels")
     p_std: float = Field(1.2, gt=0, description="std of ln(sigma) when drawing training noise levels")

@@ -32,6 +32,8 @@ def fingerprint(cfg: EDMConfig, seed: int, train: ImageSet, world: int) -> str:
     """What a checkpoint must match to be resumed: trajectory config, seed, training images, world size (several
     processes: marked as sharing one global batch, unlike the per-process batches of older versions)."""
     d = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_TRAJECTORY_KEYS}
+    if d.get("patch_size") is None:  # unset: checkpoints written before the option existed still resume
+        d.pop("patch_size", None)
     facts: dict[str, Any] = {"kind": "edm", "cfg": d, "seed": seed, "world": world}
     if world > 1:
         facts["batch"] = "global"
@@ -88,7 +90,9 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
 
     from synthmed.generators import checkpoints as st
     from synthmed.generators.accel import DataParallel, make_accelerator, resolve_precision
-    from synthmed.generators.ddpm.model import ImagePolicy, build_unet, count_params, resolve_arch, to_model_range
+    from synthmed.generators.ddpm.model import (
+        ImagePolicy, build_unet, count_params, downsampling, resolve_arch, to_model_range,
+    )
     from synthmed.generators.ddpm.train import _load_checkpoint, _save_checkpoint
     from synthmed.generators.optim import optimizer_step
 
@@ -104,7 +108,7 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
     n_local = rows.stop - rows.start
     amp = resolve_precision(cfg.mixed_precision, dev, "generator.edm.mixed_precision")
     arch = resolve_arch(cfg)  # type: ignore[arg-type]  (same architecture fields as DDPMConfig)
-    policy = ImagePolicy.for_data(*train.size, train.channels, cfg, len(arch["block_out_channels"]))  # type: ignore[arg-type]
+    policy = ImagePolicy.for_data(*train.size, train.channels, cfg, downsampling(arch))  # type: ignore[arg-type]
     null_class = len(classes)
 
     set_seed(seed)
