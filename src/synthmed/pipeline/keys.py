@@ -14,6 +14,7 @@ from typing import Any
 
 from synthmed.classifiers.policies import imbalance_key, mix_key, policy_kind, resolve_policy, uses_synthetic
 from synthmed.config import Config
+from synthmed.generators.edm.config import without_unset_later_fields
 
 KEY_VERSION = 3  # 2: a policy's train key holds only the mix fields it reads; 3: and only the imbalance fields
 UPSTREAM_STAGES = ("data", "finetune", "generate", "quality")
@@ -26,23 +27,13 @@ def digest(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(f"v{KEY_VERSION}:{text}".encode()).hexdigest()[:n]
 
 
-#: generator fields added after run directories existed: left out of the finetune key while unset (None), so
-#: those runs keep their cached generators
-_LATER_GENERATOR_FIELDS = ("patch_size",)
-
-
 def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True)
 
 
 def _generator_dump(generator: Any) -> Any:
-    d = _dump(generator)
-    for kind in d.values():
-        if isinstance(kind, dict):
-            for name in _LATER_GENERATOR_FIELDS:
-                if name in kind and kind[name] is None:
-                    del kind[name]
-    return d
+    """The generator config as hashed: later UNet fields left out while unset (runs made before them stay cached)."""
+    return {k: without_unset_later_fields(v) if isinstance(v, dict) else v for k, v in _dump(generator).items()}
 
 
 @dataclass(frozen=True)

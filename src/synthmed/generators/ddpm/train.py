@@ -32,6 +32,7 @@ from synthmed.generators.ddpm.generator import DDPMGenerator
 from synthmed.generators.ddpm.model import (
     ImagePolicy, build_unet, count_params, downsampling, resolve_arch, to_model_range,
 )
+from synthmed.generators.edm.config import without_unset_later_fields
 from synthmed.generators.optim import optimizer_step
 from synthmed.generators.sampling import IndexSampler
 
@@ -42,11 +43,10 @@ NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard")
 def fingerprint(cfg: DDPMConfig, seed: int, train: ImageSet, world: int) -> str:
     """What a checkpoint must match to be resumed: trajectory config, seed, training images, world size (several
     processes: marked as sharing one global batch, unlike the per-process batches of older versions)."""
-    d = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_TRAJECTORY_KEYS}
+    d = {k: v for k, v in without_unset_later_fields(cfg.model_dump(mode="json")).items()
+         if k not in NON_TRAJECTORY_KEYS}
     if not cfg.cbdm_tau:  # off: checkpoints written before the CBDM option existed still resume
         d.pop("cbdm_tau"), d.pop("cbdm_gamma")
-    if d.get("patch_size") is None:  # unset: checkpoints written before the option existed still resume
-        d.pop("patch_size", None)
     facts: dict[str, Any] = {"cfg": d, "seed": seed, "world": world}
     if world > 1:
         facts["batch"] = "global"

@@ -20,7 +20,7 @@ import torch
 
 from synthmed.data.dataset import ImageSet
 from synthmed.errors import DataError, TrainingDivergedError
-from synthmed.generators.edm.config import EDMConfig
+from synthmed.generators.edm.config import EDMConfig, without_unset_later_fields
 from synthmed.generators.edm.precond import euler_scheduler, scheduler_config, training_loss
 from synthmed.generators.checkpoints import SimulatedInterrupt
 from synthmed.generators.sampling import IndexSampler
@@ -31,9 +31,8 @@ NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard")
 def fingerprint(cfg: EDMConfig, seed: int, train: ImageSet, world: int) -> str:
     """What a checkpoint must match to be resumed: trajectory config, seed, training images, world size (several
     processes: marked as sharing one global batch, unlike the per-process batches of older versions)."""
-    d = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NON_TRAJECTORY_KEYS}
-    if d.get("patch_size") is None:  # unset: checkpoints written before the option existed still resume
-        d.pop("patch_size", None)
+    d = {k: v for k, v in without_unset_later_fields(cfg.model_dump(mode="json")).items()
+         if k not in NON_TRAJECTORY_KEYS}
     facts: dict[str, Any] = {"kind": "edm", "cfg": d, "seed": seed, "world": world}
     if world > 1:
         facts["batch"] = "global"
