@@ -38,9 +38,21 @@ def settings(kind: str, args: argparse.Namespace):
     common = dict(**({"preset": args.preset} | arch), steps=args.train_steps, batch_size=args.batch, lr=args.lr,
                   warmup_steps=min(100, args.train_steps // 10), checkpoint_every=args.every, keep_checkpoints=1000,
                   hflip=True, vflip=True, ema_decay=args.ema_decay, mixed_precision="no")
+    extra = overrides(args)
     if kind == "ddpm":
-        return DDPMConfig(prediction_type="v_prediction", snr_gamma=5.0, **common)
-    return EDMConfig(**common)
+        return DDPMConfig(**({"prediction_type": "v_prediction", "snr_gamma": 5.0} | common | extra))
+    return EDMConfig(**(common | extra))
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """``--set field=value`` pairs (YAML values) for the generator config, e.g. ``--set label_dropout=0``."""
+    import yaml
+
+    pairs = [s.split("=", 1) for s in getattr(args, "set", None) or []]
+    bad = [s for s, *rest in pairs if not rest]
+    if bad:
+        raise SystemExit(f"--set {bad[0]}: expected field=value")
+    return {k: yaml.safe_load(v) for k, v in pairs}
 
 
 def train_until(kind: str, cfg, work: Path, step: int, x, y) -> None:
@@ -119,6 +131,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other generator config field, e.g. --set label_dropout=0 (repeatable; names the work dir)")
     p.add_argument("--marks", default="10,20,30,45", help="training minutes at which to score")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--guidance", type=float, default=1.5)
@@ -144,6 +158,7 @@ def main() -> None:
         name = f"c{args.channels.replace(',', '-')}l{args.layers}" if args.channels else args.preset
         name += f"a{args.attention.replace(',', '-')}" if args.channels and args.attention else ""
         name += f"p{args.patch}" if args.patch > 1 else ""
+        name += "".join(f"-{k}{v}" for k, v in overrides(args).items())
         work = args.work / f"{kind}-{name}-b{args.batch}-lr{args.lr}-s{args.train_steps}"
         work.mkdir(parents=True, exist_ok=True)
         log = work / "points.json"

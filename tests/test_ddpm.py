@@ -17,7 +17,7 @@ from synthmed.generators.base import SampleOptions
 from synthmed.generators.checkpoints import SimulatedInterrupt, list_checkpoints
 from synthmed.generators.ddpm.generator import DDPMGenerator
 from synthmed.generators.ddpm.model import (
-    PRESETS, ImagePolicy, build_unet, count_params, downsampling, resolve_arch,
+    PRESETS, SAMPLERS, ImagePolicy, build_unet, count_params, downsampling, make_sampler, resolve_arch,
 )
 from synthmed.generators.ddpm.train import compute_loss, train_ddpm
 
@@ -57,6 +57,17 @@ def tiny_cfg(**kw) -> DDPMConfig:
 def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def trained_and_resumed_equal(cfg: DDPMConfig, data: ImageSet, tmp_path) -> DDPMGenerator:
+    """Train ``cfg`` once straight and once interrupted after step 2 then resumed; assert equal weights and return
+    the generator."""
+    full = train_ddpm(cfg, data, CLASSES, tmp_path / "a", seed=0, device="cpu", progress=False)
+    with pytest.raises(SimulatedInterrupt):
+        train_ddpm(cfg, data, CLASSES, tmp_path / "b", seed=0, device="cpu", stop_after=2, progress=False)
+    resumed = train_ddpm(cfg, data, CLASSES, tmp_path / "b", seed=0, device="cpu", progress=False)
+    assert resumed.resumed_from == 2 and state_equal(full.generator.unet, resumed.generator.unet)
+    return full.generator
 
 
 @pytest.fixture(scope="module")
@@ -127,18 +138,44 @@ def test_patch_unet_folds_pixels_and_round_trips(tmp_path):
         unet(torch.randn(1, 1, 15, 16), t[:1], class_labels=y[:1])
 
     data = two_class_set(n_per_class=8, size=12)
-    full = train_ddpm(cfg, data, CLASSES, tmp_path / "a", seed=0, device="cpu", progress=False)
-    with pytest.raises(SimulatedInterrupt):
-        train_ddpm(cfg, data, CLASSES, tmp_path / "b", seed=0, device="cpu", stop_after=2, progress=False)
-    resumed = train_ddpm(cfg, data, CLASSES, tmp_path / "b", seed=0, device="cpu", progress=False)
-    assert resumed.resumed_from == 2 and state_equal(full.generator.unet, resumed.generator.unet)
-    gen = full.generator
+    gen = trained_and_resumed_equal(cfg, data, tmp_path)
     assert gen.meta["arch"]["patch_size"] == 2 and gen.policy.resolution == 16
     gen.save(tmp_path / "g")
     loaded = DDPMGenerator.load(tmp_path / "g")
     assert type(loaded.unet).__name__ == "PatchUNet2DModel" and loaded.unet.patch_size == 2
     o = SampleOptions("ddim", 4, 1.5)
     np.testing.assert_array_equal(gen.sample([0, 1], [3, 4], o), loaded.sample([0, 1], [3, 4], o))
+
+
+def test_self_condition_feeds_the_x0_estimate_back_and_round_trips(tmp_path):
+    """self_condition: the UNet takes 2C input channels; training resumes exactly; the extra channels change the
+    samples (the loop feeds a real estimate, not zeros); the saved generator loads and samples the same; an unset
+    or False flag leaves the checkpoint fingerprint as it was before the option existed."""
+    from synthmed.generators.ddpm.train import fingerprint
+
+    data = two_class_set(n_per_class=8, size=12)
+    cfg = tiny_cfg(self_condition=True, steps=6, prediction_type="v_prediction")
+    arch = resolve_arch(cfg)
+    assert arch["self_condition"] and "self_condition" not in resolve_arch(tiny_cfg())
+    assert build_unet(arch, 3, 2, 16).config.in_channels == 6
+    assert fingerprint(tiny_cfg(self_condition=False), 0, data, 1) == fingerprint(tiny_cfg(), 0, data, 1)
+    assert fingerprint(cfg, 0, data, 1) != fingerprint(tiny_cfg(prediction_type="v_prediction", steps=6), 0, data, 1)
+    gen = trained_and_resumed_equal(cfg, data, tmp_path)
+    assert gen.self_conditioned and gen.meta["training"]["self_condition"]
+    o = SampleOptions("dpmpp", 6, 1.5)
+    imgs = gen.sample([0, 1], [3, 4], o)
+    import synthmed.generators.ddpm.generator as ddpm_generator
+
+    estimate = ddpm_generator.x0_estimate
+    try:  # feeding zeros instead of each step's estimate gives other images: the estimate reaches the network
+        ddpm_generator.x0_estimate = lambda out, x, *a: torch.zeros_like(x)
+        assert not np.array_equal(imgs, gen.sample([0, 1], [3, 4], o))
+    finally:
+        ddpm_generator.x0_estimate = estimate
+    gen.save(tmp_path / "g")
+    loaded = DDPMGenerator.load(tmp_path / "g")
+    assert loaded.self_conditioned
+    np.testing.assert_array_equal(imgs, loaded.sample([0, 1], [3, 4], o))
 
 
 def test_loss_falls(trained):
@@ -168,8 +205,12 @@ def test_save_load_gives_identical_samples(trained, tmp_path):
     assert not list((tmp_path / "g").rglob("*.bin")) and not list((tmp_path / "g").rglob("*.pt"))
     loaded = DDPMGenerator.load(tmp_path / "g")
     assert loaded.meta["model_sha256"] == sha and loaded.classes == CLASSES
-    o = SampleOptions("ddim", 5, 1.5)
-    np.testing.assert_array_equal(gen.sample([0, 1], [1, 2], o), loaded.sample([0, 1], [1, 2], o))
+    for sampler in SAMPLERS:  # every sampler, dpmpp included (its timestep spacing once differed after loading)
+        o = SampleOptions(sampler, 5, 1.5)
+        np.testing.assert_array_equal(gen.sample([0, 1], [1, 2], o), loaded.sample([0, 1], [1, 2], o))
+    first = make_sampler("dpmpp", loaded.scheduler_config)
+    first.set_timesteps(20)
+    assert int(first.timesteps[0]) == 99  # linspace: from the last training timestep (pure noise)
 
 
 @pytest.mark.parametrize("sampler", ["dpmpp", "ddpm"])

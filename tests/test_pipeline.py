@@ -211,8 +211,8 @@ def test_run_workers_error_stops_the_pool_and_resumes(tmp_path: Path, fake_log: 
 
 
 def test_finetune_key_ignores_an_unset_later_generator_field() -> None:
-    """Run directories made before ``generator.*.patch_size`` existed keep their cached generator; setting it is
-    a new generator."""
+    """Run directories made before ``generator.*.patch_size`` and ``generator.ddpm.self_condition`` existed keep
+    their cached generator; setting either is a new generator."""
     from synthmed.pipeline import keys
 
     cfg = Config()
@@ -220,7 +220,11 @@ def test_finetune_key_ignores_an_unset_later_generator_field() -> None:
     old = cfg.generator.model_dump(mode="json", by_alias=True)
     for kind in ("ddpm", "edm"):
         assert old[kind].pop("patch_size") is None  # the field exists, unset
+    assert old["ddpm"].pop("self_condition") is None
     assert up.finetune == keys.digest({"stage": "finetune", "in": up.data, "generator": old})
-    patched = with_overrides(cfg, ["generator.ddpm.patch_size=2"])
-    assert keys.upstream_keys(patched).finetune != up.finetune
-    assert keys.upstream_keys(patched).data == up.data
+    off = with_overrides(cfg, ["generator.ddpm.self_condition=false"])
+    assert keys.upstream_keys(off).finetune == up.finetune  # false is the old behaviour: the same generator
+    for change in ("generator.ddpm.patch_size=2", "generator.ddpm.self_condition=true"):
+        patched = with_overrides(cfg, [change])
+        assert keys.upstream_keys(patched).finetune != up.finetune
+        assert keys.upstream_keys(patched).data == up.data

@@ -24,6 +24,9 @@ class DDPMConfig(_Strict):
     resolution: int | None = Field(None, description="training resolution; None = data size rounded up to a multiple of 8")
     patch_size: Literal[1, 2, 4] | None = Field(None, description="fold p x p pixel patches into channels before "
                                                 "the UNet (pixel-unshuffle): it runs at resolution / p; None = preset's")
+    self_condition: bool | None = Field(None, description="self-conditioning (Chen et al., ICLR 2023): on half the "
+                                        "training rows a first no-grad pass's x0 estimate is fed back as extra input "
+                                        "channels, and sampling feeds each step's estimate to the next; None = off")
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     num_train_timesteps: int = Field(1000, ge=10)

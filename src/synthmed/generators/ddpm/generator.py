@@ -22,6 +22,7 @@ from synthmed.generators.base import SampleOptions
 from synthmed.generators.config import DDPMConfig
 from synthmed.generators.ddpm.model import (
     DEFAULT_GUIDANCE, ImagePolicy, default_steps, downsampling, load_unet, make_sampler, resolve_arch, to_model_range,
+    x0_estimate,
 )
 from synthmed.io import atomic_write_json, sha256_file
 
@@ -119,6 +120,12 @@ class DDPMGenerator:
         return str(self.meta.get("training", {}).get("fingerprint", ""))
 
     # -------------------------------------------------------------- protocol: sampling
+    @property
+    def self_conditioned(self) -> bool:
+        """Whether the UNet takes the previous x0 estimate as extra input channels (``self_condition``)."""
+        p = int(getattr(self.unet, "patch_size", 1))
+        return int(self.unet.config.in_channels) == 2 * self.policy.channels * p * p
+
     def options(self, options: SampleOptions | None) -> tuple[str, int, float]:
         """(sampler, steps, guidance) with the defaults filled in; ``default`` is the saved (training) DDPM
         scheduler, i.e. the ``ddpm`` sampler."""
@@ -194,8 +201,11 @@ class DDPMGenerator:
         step_kwargs: dict[str, Any] = {"generator": gens} if sampler == "ddpm" else {}
         ctx = (torch.autocast(self.device.type, dtype=autocast) if autocast is not None
                else torch.autocast(self.device.type, enabled=False))
+        prev = torch.zeros_like(x) if self.self_conditioned else None  # the last step's x0 estimate
         for t in timesteps:
             inp = sched.scale_model_input(x, t)
+            if prev is not None:
+                inp = torch.cat([inp, prev], 1)
             if use_cfg:
                 inp = torch.cat([inp, inp])
             tt = torch.full((len(inp),), int(t), dtype=torch.long, device=self.device)
@@ -204,6 +214,9 @@ class DDPMGenerator:
             if use_cfg:
                 cond, uncond = eps.chunk(2)
                 eps = uncond + guidance * (cond - uncond)
+            if prev is not None:
+                prev = x0_estimate(eps, x, sched.alphas_cumprod[int(t)].expand(len(x)).to(x.device),
+                                   self.scheduler_config.get("prediction_type", "epsilon"))
             x = sched.step(eps, t, x, **step_kwargs).prev_sample
         return self.policy.to_uint8(x)
 

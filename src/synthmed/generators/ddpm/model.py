@@ -20,6 +20,8 @@ from synthmed.generators.config import DDPMConfig
 
 DEFAULT_GUIDANCE = 1.5
 SAMPLERS = ("dpmpp", "ddim", "ddpm")
+#: DPM-Solver++ timesteps: "linspace" starts at the last training timestep (pure noise)
+DPMPP_SPACING = "linspace"
 
 #: architecture presets at 32 px (parameter counts with 3 channels and 9 class embeddings in docs/generator-ddpm.md)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -54,6 +56,8 @@ def resolve_arch(cfg: DDPMConfig) -> dict[str, Any]:
         if cfg.attention_levels is not None:
             arch["attention_levels"] = list(cfg.attention_levels)
     arch["patch_size"] = int(cfg.patch_size or arch.get("patch_size", 1))
+    if getattr(cfg, "self_condition", None):  # ddpm only
+        arch["self_condition"] = True
     n = len(arch["block_out_channels"])
     bad = [lv for lv in arch["attention_levels"] if not 0 <= lv < n]
     if bad:
@@ -75,8 +79,9 @@ def build_unet(arch: dict[str, Any], channels: int, n_classes: int, resolution: 
     attn = set(arch["attention_levels"])
     down = tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(n))
     up = tuple("AttnUpBlock2D" if (n - 1 - i) in attn else "UpBlock2D" for i in range(n))
+    inputs = 2 * channels if arch.get("self_condition") else channels  # + the previous x0 estimate
     unet = (UNet2DModel if p == 1 else patch_unet_class())(
-        sample_size=resolution // p, in_channels=channels * p * p, out_channels=channels * p * p,
+        sample_size=resolution // p, in_channels=inputs * p * p, out_channels=channels * p * p,
         block_out_channels=tuple(arch["block_out_channels"]), layers_per_block=arch["layers_per_block"],
         down_block_types=down, up_block_types=up, num_class_embeds=n_classes + 1,
         norm_num_groups=arch["norm_num_groups"], attention_head_dim=8,
@@ -84,6 +89,16 @@ def build_unet(arch: dict[str, Any], channels: int, n_classes: int, resolution: 
     if p > 1:
         unet.patch_size = p
     return unet
+
+
+def x0_estimate(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The clean image implied by a model output at noisy ``x`` (``alpha_bar`` per row), clamped to [-1, 1]."""
+    a = alpha_bar.reshape(-1, 1, 1, 1).to(x.dtype)
+    if prediction_type == "v_prediction":
+        x0 = a.sqrt() * x - (1 - a).sqrt() * out
+    else:
+        x0 = (x - (1 - a).sqrt() * out) / a.sqrt()
+    return x0.clamp(-1, 1)
 
 
 def load_unet(folder: Any, patch_size: int = 1) -> Any:
@@ -194,9 +209,15 @@ def make_sampler(name: str, scheduler_config: dict[str, Any]) -> Any:
     """A fresh sampling scheduler built from the training (DDPM) scheduler config."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+    # diffusers' bookkeeping keys (``_use_default_values``: which keys the sampler may replace by its own defaults)
+    # exist on a scheduler built in this process but not on one read back from disk, so a trained and a loaded
+    # generator sampled differently; without them both read every key from the saved config, and the DPM++
+    # spacing is set here
+    scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     if name == "dpmpp":
         return DPMSolverMultistepScheduler.from_config(
-            scheduler_config, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True)
+            scheduler_config, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+            timestep_spacing=DPMPP_SPACING)
     if name == "ddim":
         return DDIMScheduler.from_config(scheduler_config, clip_sample=True, set_alpha_to_one=True)
     if name == "ddpm":

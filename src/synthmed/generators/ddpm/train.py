@@ -30,7 +30,7 @@ from synthmed.generators.checkpoints import SimulatedInterrupt
 from synthmed.generators.config import DDPMConfig
 from synthmed.generators.ddpm.generator import DDPMGenerator
 from synthmed.generators.ddpm.model import (
-    ImagePolicy, build_unet, count_params, downsampling, resolve_arch, to_model_range,
+    ImagePolicy, build_unet, count_params, downsampling, resolve_arch, to_model_range, x0_estimate,
 )
 from synthmed.generators.edm.config import without_unset_later_fields
 from synthmed.generators.optim import optimizer_step
@@ -112,9 +112,21 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DD
     if cfg.label_dropout > 0:
         drop = torch.rand(b, generator=g) < cfg.label_dropout
         y = torch.where(drop, torch.full_like(y, null_class), y)
-    if cfg.cbdm_tau > 0:  # drawn last, so that turning CBDM off leaves every other draw as it was
-        return x, y, noise, t, torch.randint(null_class, (b,), generator=g)
-    return x, y, noise, t
+    # drawn last, so that turning CBDM or self-conditioning off leaves every other draw as it was
+    y_bal = torch.randint(null_class, (b,), generator=g) if cfg.cbdm_tau > 0 else None
+    self_cond = torch.rand(b, generator=g) < 0.5 if cfg.self_condition else None
+    return x, y, noise, t, y_bal, self_cond
+
+
+def _self_condition(unet: Any, noisy: torch.Tensor, t: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
+                    alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The extra input channels: zeros, and on ``rows`` the x0 estimate of a first, no-grad pass."""
+    prev = torch.zeros_like(noisy)
+    if rows.any():
+        with torch.no_grad():
+            first = unet(torch.cat([noisy[rows], prev[rows]], 1), t[rows], class_labels=y[rows]).sample.float()
+        prev[rows] = x0_estimate(first, noisy[rows], alpha_bar[t[rows]], prediction_type).to(prev.dtype)
+    return torch.cat([noisy, prev], 1)
 
 
 def train_ddpm(
@@ -186,19 +198,21 @@ def train_ddpm(
     noise_sched.alphas_cumprod = acs
     unet.train()
     while step < cfg.steps:
-        x, y, noise, t, *y_bal = (v[rows] for v in _batch(data, labels, g, cfg, null_class, cfg.num_train_timesteps,
-                                                          draw))
+        x, y, noise, t, y_bal, self_cond = (None if v is None else v[rows] for v in _batch(
+            data, labels, g, cfg, null_class, cfg.num_train_timesteps, draw))
         x = to_model_range(x.to(dev, non_blocking=True))
         noise, t, y = noise.to(dev), t.to(dev), y.to(dev)
         noisy = noise_sched.add_noise(x, noise, t)
         target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x, noise, t)
         ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else torch.autocast(dev.type, enabled=False)
         with ctx:
-            pred = unet(noisy, t, class_labels=y).sample
+            inp = noisy if self_cond is None else _self_condition(unet, noisy, t, y, self_cond.to(dev), acs,
+                                                                  cfg.prediction_type)
+            pred = unet(inp, t, class_labels=y).sample
         loss = loss_fn(pred, target, t, noise_sched, cfg.snr_gamma, cfg.prediction_type)
-        if y_bal:
+        if y_bal is not None:
             with ctx:
-                pred_bal = unet(noisy, t, class_labels=y_bal[0].to(dev)).sample
+                pred_bal = unet(inp, t, class_labels=y_bal.to(dev)).sample
             loss = loss + cbdm_regulariser(pred, pred_bal, t, cfg.num_train_timesteps, y, null_class, cfg.cbdm_tau,
                                            cfg.cbdm_gamma)
         value = dp.global_mean(loss, n_local, cfg.batch_size)
@@ -234,6 +248,7 @@ def train_ddpm(
         "label_dropout": cfg.label_dropout, "class_power": cfg.class_power, "ema_decay": cfg.ema_decay,
         "ema_power": cfg.ema_power,
         **({"cbdm_tau": cfg.cbdm_tau, "cbdm_gamma": cfg.cbdm_gamma} if cfg.cbdm_tau else {}),
+        **({"self_condition": True} if cfg.self_condition else {}),
         "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
     gen.settings, gen.seed, gen.device_name, gen.world, gen.train = cfg, int(seed), device, world, train

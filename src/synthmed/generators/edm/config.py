@@ -12,12 +12,12 @@ UNetPreset = Literal["XS", "XS-deep", "S", "M", "L", "custom"]
 
 #: UNet fields added after checkpoints and run directories existed: hashes of a config (checkpoint fingerprints,
 #: the pipeline's finetune key) leave them out while unset (None), so those still resume and stay cached
-LATER_UNET_FIELDS = ("patch_size",)
+LATER_UNET_FIELDS = ("patch_size", "self_condition")
 
 
 def without_unset_later_fields(settings: dict) -> dict:
-    """A generator kind's dumped settings without the :data:`LATER_UNET_FIELDS` that are unset."""
-    return {k: v for k, v in settings.items() if not (k in LATER_UNET_FIELDS and v is None)}
+    """A generator kind's dumped settings without the :data:`LATER_UNET_FIELDS` that are unset (None or False)."""
+    return {k: v for k, v in settings.items() if not (k in LATER_UNET_FIELDS and (v is None or v is False))}
 
 
 class EDMConfig(BaseModel):
