@@ -120,7 +120,8 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DD
 
 def _self_condition(unet: Any, noisy: torch.Tensor, t: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
                     alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """The extra input channels: zeros, and on ``rows`` the x0 estimate of a first, no-grad pass."""
+    """The extra input channels: zeros, and on ``rows`` the x0 estimate of a first, no-grad pass (through the
+    unwrapped model: under DDP the ranks need not agree on whether they make one)."""
     prev = torch.zeros_like(noisy)
     if rows.any():
         with torch.no_grad():
@@ -206,7 +207,7 @@ def train_ddpm(
         target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x, noise, t)
         ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else torch.autocast(dev.type, enabled=False)
         with ctx:
-            inp = noisy if self_cond is None else _self_condition(unet, noisy, t, y, self_cond.to(dev), acs,
+            inp = noisy if self_cond is None else _self_condition(base, noisy, t, y, self_cond.to(dev), acs,
                                                                   cfg.prediction_type)
             pred = unet(inp, t, class_labels=y).sample
         loss = loss_fn(pred, target, t, noise_sched, cfg.snr_gamma, cfg.prediction_type)
