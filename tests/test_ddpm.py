@@ -161,7 +161,7 @@ def test_self_condition_feeds_the_x0_estimate_back_and_round_trips(tmp_path):
     assert fingerprint(tiny_cfg(self_condition=False), 0, data, 1) == fingerprint(tiny_cfg(), 0, data, 1)
     assert fingerprint(cfg, 0, data, 1) != fingerprint(tiny_cfg(prediction_type="v_prediction", steps=6), 0, data, 1)
     gen = trained_and_resumed_equal(cfg, data, tmp_path)
-    assert gen.self_conditioned and gen.meta["training"]["self_condition"]
+    assert gen.self_conditioned and gen.meta["arch"]["self_condition"]  # recorded once, with the architecture
     o = SampleOptions("dpmpp", 6, 1.5)
     imgs = gen.sample([0, 1], [3, 4], o)
     import synthmed.generators.ddpm.generator as ddpm_generator

@@ -249,7 +249,6 @@ def train_ddpm(
         "label_dropout": cfg.label_dropout, "class_power": cfg.class_power, "ema_decay": cfg.ema_decay,
         "ema_power": cfg.ema_power,
         **({"cbdm_tau": cfg.cbdm_tau, "cbdm_gamma": cfg.cbdm_gamma} if cfg.cbdm_tau else {}),
-        **({"self_condition": True} if cfg.self_condition else {}),
         "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
     gen.settings, gen.seed, gen.device_name, gen.world, gen.train = cfg, int(seed), device, world, train
