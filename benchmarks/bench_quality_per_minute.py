@@ -4,10 +4,14 @@ Each kind trains one run (one cosine schedule of ``--train-steps``) on the full 
 checkpoint every ``--every`` steps and the training wall time recorded at each; training stops once it has run the
 largest of ``--marks`` minutes. For each mark the checkpoint nearest to it is sampled (EMA weights, ``--n``
 images with the labels of ``--n`` real test images, per-image seeds 0..n-1, DPM-Solver++) and scored against those
-real test images with the FID Inception (``../shared/weights``). Everything except the kind is the same: preset,
+real test images with the FID Inception (``../shared/weights``), with precision / recall / density / coverage
+(k = 5) in the same feature space to tell fidelity from diversity. Everything except the kind is the same: preset,
 batch, learning rate, warm-up, EMA, flips. Resumable: rerun the same command (points live in ``--work``).
 
     python benchmarks/bench_quality_per_minute.py --kinds ddpm,edm --preset S --marks 10,20,30,45 --n 1000
+
+A screen of one change trains only part of a schedule and scores that checkpoint, e.g. ``--train-steps 14500
+--at-step 4000 --set snr_gamma=2 --phase train``, then ``--phase score --ref val --first-seed 5000``.
 """
 
 from __future__ import annotations
@@ -96,12 +100,16 @@ def generator_at(kind: str, cfg, work: Path, step: int):
     return EDMGenerator(unet.eval(), sched, CLASSES, policy)
 
 
-def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minutes: float, x, y) -> None:
-    """Train checkpoint by checkpoint, recording wall and CPU minutes at each, until ``stop_minutes``."""
+def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minutes: float, x, y,
+                stop_step: int | None = None) -> None:
+    """Train checkpoint by checkpoint, recording wall and CPU minutes at each, until ``stop_minutes`` (or, for a
+    screen, until checkpoint ``stop_step`` of the schedule)."""
     stops = list(range(cfg.checkpoint_every, cfg.steps + 1, cfg.checkpoint_every))
     for step in stops + ([cfg.steps] if cfg.steps not in stops else []):  # the schedule's end is always a point
         if str(step) in points:
             continue
+        if stop_step is not None and step > stop_step:
+            return
         done = [p["minutes"] for p in points.values()]
         if done and max(done) >= stop_minutes:
             return
@@ -143,6 +151,10 @@ def main() -> None:
                         "noised to this strength; what the pipeline's guided sets look like, not the generator alone")
     p.add_argument("--ref", default="test", choices=["val", "test"],
                    help="real images scored against: choose guidance and sampler steps on val, report on test")
+    p.add_argument("--at-step", type=int, default=None,
+                   help="a screen: train only up to this checkpoint of the schedule and score it (instead of --marks)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="per-image sampling seeds first..first+n-1 (another seed set measures the sampling noise)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--phase", default="all", choices=["all", "train", "score"])
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_quality_per_minute"))
@@ -164,21 +176,30 @@ def main() -> None:
         log = work / "points.json"
         points = json.loads(log.read_text()) if log.is_file() else {}
         if args.phase in ("all", "train"):
-            train_phase(kind, cfg, work, points, log, max(marks), xt, yt)
+            train_phase(kind, cfg, work, points, log, max(marks), xt, yt, args.at_step)
         if args.phase == "train":
             continue
-        for mark in marks:
-            finished = str(cfg.steps) in points  # a schedule that ended before the mark is scored at its end
-            if not points or (max(q["minutes"] for q in points.values()) < mark and not finished):
-                print(f"{kind}: training has not reached {mark} min", flush=True)
-                continue
-            step = min((int(s) for s in points), key=lambda s: abs(points[str(s)]["minutes"] - mark))
+        for mark in marks if args.at_step is None else [None]:
+            if mark is None:
+                if str(args.at_step) not in points:
+                    print(f"{kind}: no checkpoint at step {args.at_step}", flush=True)
+                    continue
+                step = args.at_step
+                mark = points[str(step)]["minutes"]
+            else:
+                finished = str(cfg.steps) in points  # a schedule that ended before the mark is scored at its end
+                if not points or (max(q["minutes"] for q in points.values()) < mark and not finished):
+                    print(f"{kind}: training has not reached {mark} min", flush=True)
+                    continue
+                step = min((int(s) for s in points), key=lambda s: abs(points[str(s)]["minutes"] - mark))
             pt = points[str(step)]
             key = f"fid_n{args.n}_g{args.guidance}_k{args.sampler_steps}" + ("_val" if args.ref == "val" else "")
             key += "" if args.sampler == "dpmpp" else f"_{args.sampler}"
             key += "" if args.strength is None else f"_guided{args.strength}"
+            key += f"_seed{args.first_seed}" if args.first_seed else ""
             if key not in pt:
                 from synthmed.generators.base import SampleOptions
+                from synthmed.metrics.fidelity import prdc
 
                 t0 = time.time()
                 sources = None
@@ -186,16 +207,19 @@ def main() -> None:
                     rng = np.random.default_rng(2)
                     sources = np.stack([xt[rng.choice(np.flatnonzero(yt == c))] for c in yr])
                 imgs = generator_at(kind, cfg, work, step).sample(
-                    yr.tolist(), list(range(len(yr))),
+                    yr.tolist(), list(range(args.first_seed, args.first_seed + len(yr))),
                     SampleOptions(args.sampler, args.sampler_steps, args.guidance, batch_size=100, sources=sources,
                                   strength=args.strength))
                 sample_min = (time.time() - t0) / 60
                 if real is None:
                     real = cached(args.work / f"real_{args.ref}_{args.n}.npy", lambda: inception_features(xr))
-                pt[key] = fid(real, inception_features(imgs))
+                feats = inception_features(imgs)
+                pt[key] = fid(real, feats)
+                pt[key + "_prdc"] = prdc(real, feats, k=5)  # precision/recall: fidelity vs diversity
                 pt["sample_minutes"] = sample_min
                 print(f"{kind} step {step} ({args.ref}, guidance {args.guidance}, {args.sampler} "
-                      f"{args.sampler_steps}): FID {pt[key]:.2f}", flush=True)
+                      f"{args.sampler_steps}, seeds from {args.first_seed}): FID {pt[key]:.2f}, "
+                      f"{pt[key + '_prdc']}", flush=True)
                 log.write_text(json.dumps(points, indent=1))
             rows.append((kind, mark, step, pt["minutes"], pt["cpu_minutes"], pt[key]))
             print(f"| {kind} | {mark:g} | {step} | {pt['minutes']:.1f} | {pt['cpu_minutes']:.1f} | {pt[key]:.1f} |",
