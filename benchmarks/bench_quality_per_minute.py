@@ -111,7 +111,7 @@ def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minute
         if stop_step is not None and step > stop_step:
             return
         done = [p["minutes"] for p in points.values()]
-        if done and max(done) >= stop_minutes:
+        if stop_step is None and done and max(done) >= stop_minutes:
             return
         prev = max(done, default=0.0), max((p["cpu_minutes"] for p in points.values()), default=0.0)
         t0, c0 = time.time(), time.process_time()
@@ -120,6 +120,23 @@ def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minute
                              "cpu_minutes": prev[1] + (time.process_time() - c0) / 60}
         log.write_text(json.dumps(points, indent=1))
         print(f"{kind} step {step}: {points[str(step)]['minutes']:.1f} min", flush=True)
+
+
+def scored_steps(points: dict, marks: list[float], schedule_end: int, at_step: int | None) -> list[tuple[float, int]]:
+    """(mark in minutes, checkpoint step) pairs to score: the checkpoint nearest each mark (a schedule that ended
+    before a mark is scored at its end), or only checkpoint ``at_step`` for a screen."""
+    if at_step is not None:
+        if str(at_step) not in points:
+            print(f"no checkpoint at step {at_step}", flush=True)
+            return []
+        return [(points[str(at_step)]["minutes"], at_step)]
+    pairs = []
+    for mark in marks:
+        if not points or (max(q["minutes"] for q in points.values()) < mark and str(schedule_end) not in points):
+            print(f"training has not reached {mark} min", flush=True)
+            continue
+        pairs.append((mark, min((int(s) for s in points), key=lambda s: abs(points[str(s)]["minutes"] - mark))))
+    return pairs
 
 
 def main() -> None:
@@ -161,6 +178,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     marks = [float(m) for m in args.marks.split(",")]
+    if args.at_step is not None and args.at_step % args.every and args.at_step != args.train_steps:
+        raise SystemExit(f"--at-step {args.at_step}: not a checkpoint (a multiple of --every {args.every})")
     xr, yr = blood(args.ref, args.n, seed=1)
     xt, yt = blood("train")
     real = None
@@ -179,19 +198,7 @@ def main() -> None:
             train_phase(kind, cfg, work, points, log, max(marks), xt, yt, args.at_step)
         if args.phase == "train":
             continue
-        for mark in marks if args.at_step is None else [None]:
-            if mark is None:
-                if str(args.at_step) not in points:
-                    print(f"{kind}: no checkpoint at step {args.at_step}", flush=True)
-                    continue
-                step = args.at_step
-                mark = points[str(step)]["minutes"]
-            else:
-                finished = str(cfg.steps) in points  # a schedule that ended before the mark is scored at its end
-                if not points or (max(q["minutes"] for q in points.values()) < mark and not finished):
-                    print(f"{kind}: training has not reached {mark} min", flush=True)
-                    continue
-                step = min((int(s) for s in points), key=lambda s: abs(points[str(s)]["minutes"] - mark))
+        for mark, step in scored_steps(points, marks, cfg.steps, args.at_step):
             pt = points[str(step)]
             key = f"fid_n{args.n}_g{args.guidance}_k{args.sampler_steps}" + ("_val" if args.ref == "val" else "")
             key += "" if args.sampler == "dpmpp" else f"_{args.sampler}"
