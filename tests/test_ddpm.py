@@ -358,3 +358,16 @@ def test_cbdm_off_keeps_old_checkpoints_and_on_changes_training(tmp_path):
     resumed = train_ddpm(tiny_cfg(steps=3, cbdm_tau=1.0), data, CLASSES, tmp_path / "on2", seed=0, device="cpu",
                          progress=False)
     assert resumed.resumed_from == 2 and state_equal(on.generator.unet, resumed.generator.unet)
+
+
+def test_muon_optimizer_trains_resumes_and_keeps_old_fingerprints(tmp_path):
+    """optimizer: muon changes training, resumes exactly; the default (adamw) leaves the fingerprint of checkpoints
+    written before the option existed unchanged."""
+    from synthmed.generators.ddpm.train import fingerprint
+
+    data = two_class_set(n_per_class=4, size=8)
+    assert fingerprint(tiny_cfg(), 0, data, 1) == fingerprint(tiny_cfg(optimizer="adamw"), 0, data, 1)
+    assert fingerprint(tiny_cfg(), 0, data, 1) != fingerprint(tiny_cfg(optimizer="muon"), 0, data, 1)
+    adamw = train_ddpm(tiny_cfg(steps=4), data, CLASSES, tmp_path / "adamw", seed=0, device="cpu", progress=False)
+    gen = trained_and_resumed_equal(tiny_cfg(steps=4, optimizer="muon"), data, tmp_path / "muon")
+    assert not state_equal(adamw.generator.unet, gen.unet)

@@ -41,6 +41,8 @@ class DDPMConfig(_Strict):
     steps: int = Field(2000, ge=1, description="optimisation steps")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0)
+    optimizer: Literal["adamw", "muon"] = Field("adamw", description="muon = Muon on the hidden weight matrices "
+                                                "(conv filters flattened), AdamW on the rest, one learning rate")
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)

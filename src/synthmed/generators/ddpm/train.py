@@ -33,7 +33,7 @@ from synthmed.generators.ddpm.model import (
     ImagePolicy, build_unet, count_params, downsampling, resolve_arch, to_model_range, x0_estimate,
 )
 from synthmed.generators.edm.config import without_unset_later_fields
-from synthmed.generators.optim import optimizer_step
+from synthmed.generators.optim import build_optimizer, optimizer_step
 from synthmed.generators.sampling import IndexSampler
 
 #: config keys that do not change the training trajectory (left out of the checkpoint fingerprint)
@@ -47,6 +47,8 @@ def fingerprint(cfg: DDPMConfig, seed: int, train: ImageSet, world: int) -> str:
          if k not in NON_TRAJECTORY_KEYS}
     if not cfg.cbdm_tau:  # off: checkpoints written before the CBDM option existed still resume
         d.pop("cbdm_tau"), d.pop("cbdm_gamma")
+    if cfg.optimizer == "adamw":  # likewise for those written before the optimizer choice
+        d.pop("optimizer")
     facts: dict[str, Any] = {"cfg": d, "seed": seed, "world": world}
     if world > 1:
         facts["batch"] = "global"
@@ -164,7 +166,7 @@ def train_ddpm(
     n_params = count_params(unet)
     noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                 prediction_type=cfg.prediction_type)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    opt = build_optimizer(list(unet.named_parameters()), cfg.optimizer, cfg.lr, cfg.weight_decay)
     lr_sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     unet, opt = acc.prepare(unet, opt)
     base = acc.unwrap_model(unet)
@@ -247,7 +249,7 @@ def train_ddpm(
         "steps": cfg.steps, "batch_size": cfg.batch_size, "world_size": world, "seed": seed,
         "prediction_type": cfg.prediction_type, "beta_schedule": cfg.beta_schedule, "snr_gamma": cfg.snr_gamma,
         "label_dropout": cfg.label_dropout, "class_power": cfg.class_power, "ema_decay": cfg.ema_decay,
-        "ema_power": cfg.ema_power,
+        "ema_power": cfg.ema_power, "optimizer": cfg.optimizer, "lr": cfg.lr,
         **({"cbdm_tau": cfg.cbdm_tau, "cbdm_gamma": cfg.cbdm_gamma} if cfg.cbdm_tau else {}),
         "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
