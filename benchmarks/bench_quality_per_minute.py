@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -227,7 +228,12 @@ def main() -> None:
                 print(f"{kind} step {step} ({args.ref}, guidance {args.guidance}, {args.sampler} "
                       f"{args.sampler_steps}, seeds from {args.first_seed}): FID {pt[key]:.2f}, "
                       f"{pt[key + '_prdc']}", flush=True)
-                log.write_text(json.dumps(points, indent=1))
+                # merge into the file as it is now: a val and a test scoring of the same run may run side by side
+                on_disk = json.loads(log.read_text()) if log.is_file() else {}
+                on_disk.setdefault(str(step), {}).update(pt)
+                tmp = log.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(on_disk, indent=1))
+                tmp.replace(log)
             rows.append((kind, mark, step, pt["minutes"], pt["cpu_minutes"], pt[key]))
             print(f"| {kind} | {mark:g} | {step} | {pt['minutes']:.1f} | {pt['cpu_minutes']:.1f} | {pt[key]:.1f} |",
                   flush=True)
