@@ -163,7 +163,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--guidance", type=float, default=1.5)
     p.add_argument("--sampler-steps", type=int, default=20)
-    p.add_argument("--sampler", default="dpmpp", choices=["dpmpp", "ddim", "ddpm"])
+    p.add_argument("--sampler", default="dpmpp", choices=["dpmpp", "dpmpp_sde", "ddim", "ddpm"])
     p.add_argument("--strength", type=float, default=None,
                    help="real-image guidance (SDEdit): image i starts from a random training image of its class "
                         "noised to this strength; what the pipeline's guided sets look like, not the generator alone")

@@ -213,7 +213,7 @@ def test_save_load_gives_identical_samples(trained, tmp_path):
     assert int(first.timesteps[0]) == 99  # linspace: from the last training timestep (pure noise)
 
 
-@pytest.mark.parametrize("sampler", ["dpmpp", "ddpm"])
+@pytest.mark.parametrize("sampler", ["dpmpp", "dpmpp_sde", "ddpm"])
 def test_per_image_seeds_do_not_depend_on_batch(trained, sampler):
     gen = trained.generator
     labels, seeds = [0, 1, 1, 0, 1], [11, 12, 13, 14, 15]
@@ -226,6 +226,18 @@ def test_per_image_seeds_do_not_depend_on_batch(trained, sampler):
     assert np.abs(all5[3:4].astype(int) - alone.astype(int)).max() <= 1
     other = gen.sample(labels[3:4], [99], SampleOptions(**kw))
     assert np.abs(other.astype(int) - alone.astype(int)).mean() > 2  # the seed matters
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_sde", "ddpm"])
+def test_stochastic_samplers_draw_only_from_the_per_image_seeds(trained, sampler):
+    gen = trained.generator
+    o = SampleOptions(sampler, 6, 1.5)
+    torch.manual_seed(0)
+    first = gen.sample([0, 1], [3, 4], o)
+    torch.manual_seed(1)  # the global RNG must not reach the per-step noise
+    np.testing.assert_array_equal(first, gen.sample([0, 1], [3, 4], o))
+    if sampler == "dpmpp_sde":  # and it is not the deterministic DPM-Solver++
+        assert np.abs(first.astype(int) - gen.sample([0, 1], [3, 4], SampleOptions("dpmpp", 6, 1.5))).max() > 8
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):

@@ -25,6 +25,8 @@ def test_stable_diffusion_default_keeps_the_loaded_scheduler() -> None:
     set_sampler(pipe, "dpmpp")
     assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
     assert pipe.scheduler.config.algorithm_type == "dpmsolver++" and pipe.scheduler.config.beta_end == 0.012
+    set_sampler(pipe, "dpmpp_sde")  # the stochastic variant (draws from the pipeline's per-image generators)
+    assert pipe.scheduler.config.algorithm_type == "sde-dpmsolver++" and pipe.scheduler.config.beta_end == 0.012
     set_sampler(pipe, "default")  # back to the base's own scheduler, not the last one
     assert pipe.scheduler is loaded
     with pytest.raises(UserError, match="not a Stable Diffusion sampler"):

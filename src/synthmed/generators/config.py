@@ -77,13 +77,14 @@ class GenerationConfig(_Strict):
 
     n_per_class: int | None = Field(100, ge=0, description="images per class (ignored when balance_to is set)")
     balance_to: int | None = Field(None, gt=0, description="generate enough to bring every training class to N")
-    sampler: Literal["default", "dpmpp", "ddim", "ddpm", "euler", "heun"] = Field(
-        "dpmpp", description="dpmpp / ddim / ddpm (ddpm and stable_diffusion kinds); dpmpp / euler / heun on Karras "
-                             "sigmas (edm kind, where ddim and ddpm mean euler); default = the base model's own "
-                             "scheduler: Stable Diffusion's as loaded with the pipeline (e.g. PNDM for SD 1.x / 2.x), "
-                             "the saved training scheduler of ddpm (= ddpm) and edm (= euler)")
-    steps: int | None = Field(None, ge=1, description="sampling steps (None: dpmpp 20 (SD 25), ddim 50, ddpm 1000, "
-                                                      "default: the sampler it names; SD 50)")
+    sampler: Literal["default", "dpmpp", "dpmpp_sde", "ddim", "ddpm", "euler", "heun"] = Field(
+        "dpmpp", description="dpmpp / dpmpp_sde (stochastic DPM-Solver++) / ddim / ddpm (ddpm and stable_diffusion "
+                             "kinds); dpmpp / euler / heun on Karras sigmas (edm kind, where ddim and ddpm mean "
+                             "euler); default = the base model's own scheduler: Stable Diffusion's as loaded with the "
+                             "pipeline (e.g. PNDM for SD 1.x / 2.x), the saved training scheduler of ddpm (= ddpm) and "
+                             "edm (= euler)")
+    steps: int | None = Field(None, ge=1, description="sampling steps (None: dpmpp 20 (SD 25), dpmpp_sde 30 (SD 25), "
+                                                      "ddim 50, ddpm 1000, default: the sampler it names; SD 50)")
     guidance: float | None = Field(None, ge=0, description="classifier-free guidance scale (None: recipe default)")
     batch_size: int = Field(64, ge=1)
     seed: int | None = Field(None, description="generation seed (None = the global seed)")

@@ -21,8 +21,8 @@ from synthmed.generators import contract
 from synthmed.generators.base import SampleOptions
 from synthmed.generators.config import DDPMConfig
 from synthmed.generators.ddpm.model import (
-    DEFAULT_GUIDANCE, ImagePolicy, default_steps, downsampling, load_unet, make_sampler, resolve_arch, to_model_range,
-    x0_estimate,
+    DEFAULT_GUIDANCE, STOCHASTIC, ImagePolicy, default_steps, downsampling, load_unet, make_sampler, resolve_arch,
+    to_model_range, x0_estimate,
 )
 from synthmed.io import atomic_write_json, sha256_file
 
@@ -198,7 +198,7 @@ class DDPMGenerator:
         if use_cfg:
             y = torch.cat([y, torch.full_like(y, self.null_class)])
         self.unet.eval()
-        step_kwargs: dict[str, Any] = {"generator": gens} if sampler == "ddpm" else {}
+        step_kwargs: dict[str, Any] = {"generator": gens} if sampler in STOCHASTIC else {}
         ctx = (torch.autocast(self.device.type, dtype=autocast) if autocast is not None
                else torch.autocast(self.device.type, enabled=False))
         prev = torch.zeros_like(x) if self.self_conditioned else None  # the last step's x0 estimate

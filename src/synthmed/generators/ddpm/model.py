@@ -19,7 +19,9 @@ from synthmed.errors import ConfigError, DataError
 from synthmed.generators.config import DDPMConfig
 
 DEFAULT_GUIDANCE = 1.5
-SAMPLERS = ("dpmpp", "ddim", "ddpm")
+SAMPLERS = ("dpmpp", "dpmpp_sde", "ddim", "ddpm")
+#: samplers that draw fresh noise at every step (from each image's own generator)
+STOCHASTIC = ("dpmpp_sde", "ddpm")
 #: DPM-Solver++ timesteps: "linspace" starts at the last training timestep (pure noise)
 DPMPP_SPACING = "linspace"
 
@@ -214,10 +216,10 @@ def make_sampler(name: str, scheduler_config: dict[str, Any]) -> Any:
     # generator sampled differently; without them both read every key from the saved config, and the DPM++
     # spacing is set here
     scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    if name == "dpmpp":
+    if name in ("dpmpp", "dpmpp_sde"):  # dpmpp_sde: the stochastic DPM-Solver++ (2M SDE, Lu et al. 2022)
         return DPMSolverMultistepScheduler.from_config(
-            scheduler_config, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
-            timestep_spacing=DPMPP_SPACING)
+            scheduler_config, algorithm_type="dpmsolver++" if name == "dpmpp" else "sde-dpmsolver++", solver_order=2,
+            lower_order_final=True, timestep_spacing=DPMPP_SPACING)
     if name == "ddim":
         return DDIMScheduler.from_config(scheduler_config, clip_sample=True, set_alpha_to_one=True)
     if name == "ddpm":
@@ -226,4 +228,4 @@ def make_sampler(name: str, scheduler_config: dict[str, Any]) -> Any:
 
 
 def default_steps(sampler: str) -> int:
-    return {"dpmpp": 20, "ddim": 50, "ddpm": 1000}[sampler]
+    return {"dpmpp": 20, "dpmpp_sde": 30, "ddim": 50, "ddpm": 1000}[sampler]

@@ -245,7 +245,7 @@ class StableDiffusionGenerator:
     def options(self, options: SampleOptions | None) -> tuple[str, int, float]:
         o = options or SampleOptions()
         sampler = o.sampler or "dpmpp"
-        steps = o.steps or {"default": 50, "dpmpp": 25, "ddim": 50, "ddpm": 1000}[sampler]
+        steps = o.steps or {"default": 50, "dpmpp": 25, "dpmpp_sde": 25, "ddim": 50, "ddpm": 1000}[sampler]
         return sampler, steps, float(self.st.guidance if o.guidance is None else o.guidance)
 
     def provenance(self, options: SampleOptions) -> dict[str, Any]:

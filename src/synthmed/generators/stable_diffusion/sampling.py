@@ -14,7 +14,8 @@ _BASE_SCHEDULER = "_synthmed_base_scheduler"
 
 def set_sampler(pipe: Any, sampler: str) -> None:
     """default -> the scheduler the pipeline was loaded with (the base model's own, untouched); dpmpp ->
-    DPM-Solver++ (multistep), ddim -> DDIM, ddpm -> DDPM, each configured from that base scheduler.
+    DPM-Solver++ (multistep), dpmpp_sde -> its stochastic variant, ddim -> DDIM, ddpm -> DDPM, each configured from
+    that base scheduler.
 
     The base scheduler is remembered on the pipeline at the first call, so switching back to ``default`` after
     another sampler restores it."""
@@ -27,11 +28,13 @@ def set_sampler(pipe: Any, sampler: str) -> None:
     if sampler == "default":
         pipe.scheduler = base
         return
-    classes = {"dpmpp": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+    classes = {"dpmpp": DPMSolverMultistepScheduler, "dpmpp_sde": DPMSolverMultistepScheduler, "ddim": DDIMScheduler,
+               "ddpm": DDPMScheduler}
     if sampler not in classes:
         raise UserError(f"generation.sampler={sampler} is not a Stable Diffusion sampler "
                         f"(choose from default, {', '.join(classes)})")
-    kwargs = {"algorithm_type": "dpmsolver++"} if sampler == "dpmpp" else {}
+    kinds = {"dpmpp": "dpmsolver++", "dpmpp_sde": "sde-dpmsolver++"}  # the SDE draws from the pipeline's generators
+    kwargs = {"algorithm_type": kinds[sampler]} if sampler in kinds else {}
     pipe.scheduler = classes[sampler].from_config(base.config, **kwargs)
 
 
