@@ -28,14 +28,15 @@ def set_sampler(pipe: Any, sampler: str) -> None:
     if sampler == "default":
         pipe.scheduler = base
         return
-    classes = {"dpmpp": DPMSolverMultistepScheduler, "dpmpp_sde": DPMSolverMultistepScheduler, "ddim": DDIMScheduler,
-               "ddpm": DDPMScheduler}
-    if sampler not in classes:
+    choices = {  # the SDE variant draws its per-step noise from the pipeline's per-image generators
+        "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+        "dpmpp_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+        "ddim": (DDIMScheduler, {}), "ddpm": (DDPMScheduler, {})}
+    if sampler not in choices:
         raise UserError(f"generation.sampler={sampler} is not a Stable Diffusion sampler "
-                        f"(choose from default, {', '.join(classes)})")
-    kinds = {"dpmpp": "dpmsolver++", "dpmpp_sde": "sde-dpmsolver++"}  # the SDE draws from the pipeline's generators
-    kwargs = {"algorithm_type": kinds[sampler]} if sampler in kinds else {}
-    pipe.scheduler = classes[sampler].from_config(base.config, **kwargs)
+                        f"(choose from default, {', '.join(choices)})")
+    cls, kwargs = choices[sampler]
+    pipe.scheduler = cls.from_config(base.config, **kwargs)
 
 
 def load_adapter(pipe: Any, folder: Path, name: str, base: str, trained_on: str | None) -> None:
