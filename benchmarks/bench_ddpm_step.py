@@ -19,6 +19,7 @@ import time
 def main() -> None:
     import torch
 
+    from synthmed.generators.accel import resolve_precision
     from synthmed.generators.config import DDPMConfig
     from synthmed.generators.ddpm.model import build_unet, resolve_arch
 
@@ -41,7 +42,8 @@ def main() -> None:
             layers_per_block=args.layers, attention_levels=[int(a) for a in args.attention.split(",") if a])}
     else:
         models = {preset: DDPMConfig(preset=preset) for preset in args.presets.split(",")}
-    print(f"torch {torch.__version__}, bf16 native: {bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}\n"
+    native = resolve_precision("auto", torch.device("cpu")) == torch.bfloat16  # what `auto` picks on this CPU
+    print(f"torch {torch.__version__}, bf16 native: {native}\n"
           f"| threads | model | precision | params (M) | train step, batch {args.batch} (s) | "
           "sampling forward, batch 128 (ms per image-step) |\n|---|---|---|---|---|---|")
     for threads in [int(t) for t in args.threads.split(",")]:
