@@ -12,6 +12,9 @@ batch, learning rate, warm-up, EMA, flips. Resumable: rerun the same command (po
 
 A screen of one change trains only part of a schedule and scores that checkpoint, e.g. ``--train-steps 14500
 --at-step 4000 --set snr_gamma=2 --phase train``, then ``--phase score --ref val --first-seed 5000``.
+``--average 2`` samples the mean of the EMA weights of the last two checkpoints up to the scored one. On a GPU
+machine (no Inception weights there): ``--device cuda --phase train``, then ``--phase sample`` keeps the images in
+WORK/samples, and ``--phase score`` here scores them (``benchmarks/gpu_quality_curve.sh`` does the GPU side).
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ def overrides(args: argparse.Namespace) -> dict:
     return {k: yaml.safe_load(v) for k, v in pairs}
 
 
-def train_until(kind: str, cfg, work: Path, step: int, x, y) -> None:
-    """Train (resuming from the last checkpoint) up to ``step``."""
+def train_until(kind: str, cfg, work: Path, step: int, x, y, device: str = "cpu") -> None:
+    """Train (resuming from the last checkpoint) up to ``step`` on ``device``."""
     from synthmed.data.dataset import ImageSet
     from synthmed.generators.checkpoints import SimulatedInterrupt
 
@@ -71,13 +74,14 @@ def train_until(kind: str, cfg, work: Path, step: int, x, y) -> None:
     else:
         from synthmed.generators.edm.train import train_edm as fn
     try:
-        fn(cfg, data, CLASSES, work, seed=0, device="cpu", stop_after=step, progress=False)
+        fn(cfg, data, CLASSES, work, seed=0, device=device, stop_after=step, progress=False)
     except SimulatedInterrupt:
         pass
 
 
-def generator_at(kind: str, cfg, work: Path, step: int):
-    """The EMA weights of checkpoint ``step`` as a generator of ``kind`` (28 px, padded to 32)."""
+def generator_at(kind: str, cfg, work: Path, step: int, average: int = 1):
+    """The EMA weights of checkpoint ``step`` as a generator of ``kind`` (28 px, padded to 32); ``average`` > 1: the
+    mean of the EMA weights of the ``average`` checkpoints ending at ``step`` (a longer average after the fact)."""
     from diffusers import DDPMScheduler
 
     from synthmed.generators.checkpoints import load_tensors
@@ -88,7 +92,14 @@ def generator_at(kind: str, cfg, work: Path, step: int):
 
     arch = resolve_arch(cfg)
     unet = build_unet(arch, 3, len(CLASSES), 32)
-    ema = load_tensors(work / "checkpoints" / f"step-{step:07d}" / "ema.safetensors")
+    steps = sorted(int(d.name.split("-")[1]) for d in (work / "checkpoints").glob("step-*"))
+    steps = [s for s in steps if s <= step][-average:]
+    if step not in steps or len(steps) < average:
+        raise SystemExit(f"checkpoint {step}: needs {average} checkpoints up to it, found {steps}")
+    snaps = [load_tensors(work / "checkpoints" / f"step-{s:07d}" / "ema.safetensors") for s in steps]
+    ema: dict = {}
+    for snap in snaps:  # in step order, each term divided first (average 1 = the checkpoint's weights as they are)
+        ema = {k: ema.get(k, 0) + v.float() / len(snaps) for k, v in snap.items()}
     missing, _ = unet.load_state_dict(ema, strict=False)
     if [m for m in missing if m in dict(unet.named_parameters())]:
         raise SystemExit(f"checkpoint {step}: parameters missing from the EMA weights")
@@ -102,7 +113,7 @@ def generator_at(kind: str, cfg, work: Path, step: int):
 
 
 def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minutes: float, x, y,
-                stop_step: int | None = None) -> None:
+                stop_step: int | None = None, device: str = "cpu") -> None:
     """Train checkpoint by checkpoint, recording wall and CPU minutes at each, until ``stop_minutes`` (or, for a
     screen, until checkpoint ``stop_step`` of the schedule)."""
     stops = list(range(cfg.checkpoint_every, cfg.steps + 1, cfg.checkpoint_every))
@@ -116,7 +127,7 @@ def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minute
             return
         prev = max(done, default=0.0), max((p["cpu_minutes"] for p in points.values()), default=0.0)
         t0, c0 = time.time(), time.process_time()
-        train_until(kind, cfg, work, step, x, y)
+        train_until(kind, cfg, work, step, x, y, device)
         points[str(step)] = {"minutes": prev[0] + (time.time() - t0) / 60,
                              "cpu_minutes": prev[1] + (time.process_time() - c0) / 60}
         log.write_text(json.dumps(points, indent=1))
@@ -171,10 +182,17 @@ def main() -> None:
                    help="real images scored against: choose guidance and sampler steps on val, report on test")
     p.add_argument("--at-step", type=int, default=None,
                    help="a screen: train only up to this checkpoint of the schedule and score it (instead of --marks)")
+    p.add_argument("--average", type=int, default=1,
+                   help="sample the mean of the EMA weights of this many checkpoints ending at the scored one")
+    p.add_argument("--sample-bf16", action="store_true",
+                   help="sample under bf16 autocast (fast only on CPUs with native bf16), not fp32")
     p.add_argument("--first-seed", type=int, default=0,
                    help="per-image sampling seeds first..first+n-1 (another seed set measures the sampling noise)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--phase", default="all", choices=["all", "train", "score"])
+    p.add_argument("--phase", default="all", choices=["all", "train", "sample", "score"],
+                   help="sample: sample the scored checkpoints and keep the images in WORK/samples, without FID (on a "
+                        "GPU machine, which lacks the Inception weights); score then scores kept images as they are")
+    p.add_argument("--device", default="cpu", help="train and sample on this device (cuda on a GPU machine)")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_quality_per_minute"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -196,7 +214,7 @@ def main() -> None:
         log = work / "points.json"
         points = json.loads(log.read_text()) if log.is_file() else {}
         if args.phase in ("all", "train"):
-            train_phase(kind, cfg, work, points, log, max(marks), xt, yt, args.at_step)
+            train_phase(kind, cfg, work, points, log, max(marks), xt, yt, args.at_step, args.device)
         if args.phase == "train":
             continue
         for mark, step in scored_steps(points, marks, cfg.steps, args.at_step):
@@ -205,6 +223,11 @@ def main() -> None:
             key += "" if args.sampler == "dpmpp" else f"_{args.sampler}"
             key += "" if args.strength is None else f"_guided{args.strength}"
             key += f"_seed{args.first_seed}" if args.first_seed else ""
+            key += f"_avg{args.average}" if args.average > 1 else ""
+            key += "_bf16" if args.sample_bf16 else ""
+            kept = work / "samples" / f"{key}_step{step}.npy"  # images sampled by --phase sample (on a GPU)
+            if args.phase == "sample" and kept.is_file():
+                continue
             if key not in pt:
                 from synthmed.generators.base import SampleOptions
                 from synthmed.metrics.fidelity import prdc
@@ -214,17 +237,29 @@ def main() -> None:
                 if args.strength is not None:  # one training image of the same class per image, drawn with seed 2
                     rng = np.random.default_rng(2)
                     sources = np.stack([xt[rng.choice(np.flatnonzero(yt == c))] for c in yr])
-                imgs = generator_at(kind, cfg, work, step).sample(
-                    yr.tolist(), list(range(args.first_seed, args.first_seed + len(yr))),
-                    SampleOptions(args.sampler, args.sampler_steps, args.guidance, batch_size=100, sources=sources,
-                                  strength=args.strength))
+                if kept.is_file():
+                    imgs = np.load(kept)
+                else:
+                    imgs = generator_at(kind, cfg, work, step, args.average).to(args.device).sample(
+                        yr.tolist(), list(range(args.first_seed, args.first_seed + len(yr))),
+                        SampleOptions(args.sampler, args.sampler_steps, args.guidance, batch_size=100,
+                                      sources=sources, strength=args.strength),
+                        autocast=torch.bfloat16 if args.sample_bf16 else None)
+                if args.phase == "sample":
+                    kept.parent.mkdir(exist_ok=True)
+                    tmp = kept.with_suffix(f".{os.getpid()}.tmp.npy")
+                    np.save(tmp, imgs)
+                    tmp.replace(kept)
+                    print(f"{kind} step {step}: sampled {key} in {time.time() - t0:.1f} s", flush=True)
+                    continue
                 sample_min = (time.time() - t0) / 60
                 if real is None:
                     real = cached(args.work / f"real_{args.ref}_{args.n}.npy", lambda: inception_features(xr))
                 feats = inception_features(imgs)
                 pt[key] = fid(real, feats)
                 pt[key + "_prdc"] = prdc(real, feats, k=5)  # precision/recall: fidelity vs diversity
-                pt["sample_minutes"] = sample_min
+                if not kept.is_file():  # sampled here (not loaded): its time means something
+                    pt["sample_minutes"] = sample_min
                 print(f"{kind} step {step} ({args.ref}, guidance {args.guidance}, {args.sampler} "
                       f"{args.sampler_steps}, seeds from {args.first_seed}): FID {pt[key]:.2f}, "
                       f"{pt[key + '_prdc']}", flush=True)

@@ -44,6 +44,9 @@ class SampleOptions:
     batch_size: int = 64
     sources: np.ndarray | None = None
     strength: float | None = None
+    #: the UNet's arithmetic while sampling (ddpm / edm kinds): fp32, bf16 (autocast), or auto (bf16 where it is
+    #: native: CUDA, or a CPU with AVX512-BF16 / AMX, else fp32)
+    precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)
 
 

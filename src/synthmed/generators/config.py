@@ -96,3 +96,8 @@ class GenerationConfig(_Strict):
                           "(an image of a more frequent class translated under the rarer label); None = same_class "
                           "when strength is set, else none")
     negative_prompt: str | None = None
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="sampling arithmetic of the ddpm / edm kinds: fp32; bf16 autocast (1.6x faster sampling on "
+                            "a CPU with AVX512-BF16 / AMX, the same FID, BENCHMARKS.md; ~10x slower on AVX2-only "
+                            "CPUs); auto = bf16 where native (such a CPU, or CUDA), else fp32. The manifest's "
+                            "precision column records bf16")

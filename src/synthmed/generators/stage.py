@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.errors import DataError, MissingStageError
+from synthmed.errors import ConfigError, DataError, MissingStageError
 from synthmed.generators import contract
 from synthmed.generators.accel import processes
 from synthmed.generators.base import SampleOptions
@@ -65,6 +65,9 @@ def generate(cfg: Any, run_dir: str | Path, data: Any = None, *, progress: bool 
     guide = resolve_guide(g)
     if guide != "none" and not getattr(cls, "supports_guidance", False):
         raise DataError(f"generation.strength / generation.guide: generator.kind={cls.kind} has no real-image guidance")
+    if g.precision == "bf16" and not getattr(cls, "supports_precision", False):
+        raise ConfigError(f"generation.precision=bf16: generator.kind={cls.kind} sets its own precision; use fp32 or "
+                          "auto")
     gen = cls.load(layout.generator, cfg)
     if list(gen.classes) != list(data.classes):
         raise DataError(f"the generator was trained on classes {gen.classes}, the data has {data.classes}: "
@@ -76,7 +79,7 @@ def generate(cfg: Any, run_dir: str | Path, data: Any = None, *, progress: bool 
     counts = data.train.counts(data.n_classes)
     items = plan_generation(cfg, data.classes, counts)
     opts = SampleOptions(sampler=g.sampler, steps=g.steps, guidance=g.guidance, batch_size=g.batch_size,
-                         strength=g.strength, extra={"negative_prompt": g.negative_prompt})
+                         strength=g.strength, precision=g.precision, extra={"negative_prompt": g.negative_prompt})
     provenance = gen.provenance(opts)
     images: dict[str, np.ndarray] = {}
     if guide != "none":

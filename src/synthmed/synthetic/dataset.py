@@ -22,7 +22,7 @@ from synthmed.layout import RunLayout
 SYNTHETIC_DIR = RunLayout(".").synthetic.name  # ids of synthetic images start with "synthetic/"
 MANIFEST_COLUMNS = [
     "id", "path", "label", "class_name", "seed", "generator", "sampler", "steps", "guidance", "model_sha256",
-    "prompt", "strength", "source_image", "guide", "adapter", "kept", "filter_reason", "confidence",
+    "prompt", "strength", "source_image", "guide", "adapter", "precision", "kept", "filter_reason", "confidence",
 ]
 
 

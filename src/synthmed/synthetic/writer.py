@@ -30,7 +30,7 @@ from synthmed.synthetic.dataset import MANIFEST_COLUMNS, SyntheticSet, image_id,
 PARTIAL = "manifest.rank{rank}.partial.csv"
 #: manifest columns that describe how an image was made: a row whose values differ from the wanted ones is stale
 PROVENANCE_KEYS = ("seed", "generator", "sampler", "steps", "guidance", "model_sha256", "prompt", "strength",
-                   "source_image", "guide", "adapter")
+                   "source_image", "guide", "adapter", "precision")
 GUIDES = ("none", "same_class", "head_to_tail")
 
 

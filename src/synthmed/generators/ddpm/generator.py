@@ -18,6 +18,7 @@ import torch
 from synthmed.data.dataset import ImageSet
 from synthmed.errors import DataError
 from synthmed.generators import contract
+from synthmed.generators.accel import resolve_precision
 from synthmed.generators.base import SampleOptions
 from synthmed.generators.config import DDPMConfig
 from synthmed.generators.ddpm.model import (
@@ -38,6 +39,7 @@ class DDPMGenerator:
 
     kind: ClassVar[str] = "ddpm"
     supports_guidance: ClassVar[bool] = True  # SDEdit from SampleOptions.sources / strength
+    supports_precision: ClassVar[bool] = True  # SampleOptions.precision (bf16 autocast)
 
     def __init__(self, unet: Any, scheduler_config: dict[str, Any], classes: list[str], policy: ImagePolicy,
                  meta: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
@@ -137,8 +139,21 @@ class DDPMGenerator:
 
     def provenance(self, options: SampleOptions) -> dict[str, Any]:
         sampler, steps, guidance = self.options(options)
+        bf16 = self.sampling_dtype(options) == torch.bfloat16
         return {"generator": self.kind, "sampler": sampler, "steps": steps, "guidance": guidance,
-                "model_sha256": self.meta.get("model_sha256", "")}
+                "model_sha256": self.meta.get("model_sha256", ""), "precision": "bf16" if bf16 else ""}
+
+    def sampling_dtype(self, options: SampleOptions | None) -> torch.dtype | None:
+        """The autocast dtype of ``options.precision`` on this generator's device (None = fp32)."""
+        setting = (options or SampleOptions()).precision
+        if setting not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"sampling precision '{setting}' (choose from fp32, bf16, auto)")
+        if setting == "fp32":
+            return None
+        if setting == "bf16":
+            return torch.bfloat16
+        native = resolve_precision("auto", self.device, "generation.precision")
+        return torch.bfloat16 if native == torch.bfloat16 else None
 
     def initial_noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
         """Per-image generators and their initial noise (drawn first from each image's own generator)."""
@@ -165,6 +180,8 @@ class DDPMGenerator:
             if len(sources) != len(labels):
                 raise ValueError("sources and labels differ in length")
         sampler, steps, guidance = self.options(o)
+        if autocast is None:
+            autocast = self.sampling_dtype(o)
         bs = max(1, int(o.batch_size))
         out = []
         for start in range(0, len(labels), bs):
