@@ -84,7 +84,7 @@ def generator_at(kind: str, cfg, work: Path, step: int, average: int = 1):
     mean of the EMA weights of the ``average`` checkpoints ending at ``step`` (a longer average after the fact)."""
     from diffusers import DDPMScheduler
 
-    from synthmed.generators.checkpoints import load_tensors
+    from synthmed.generators.checkpoints import list_checkpoints, load_tensors
     from synthmed.generators.ddpm.generator import DDPMGenerator
     from synthmed.generators.ddpm.model import ImagePolicy, build_unet, downsampling, resolve_arch
     from synthmed.generators.edm import precond
@@ -92,8 +92,7 @@ def generator_at(kind: str, cfg, work: Path, step: int, average: int = 1):
 
     arch = resolve_arch(cfg)
     unet = build_unet(arch, 3, len(CLASSES), 32)
-    steps = sorted(int(d.name.split("-")[1]) for d in (work / "checkpoints").glob("step-*"))
-    steps = [s for s in steps if s <= step][-average:]
+    steps = [s for s, _ in list_checkpoints(work / "checkpoints") if s <= step][-average:]
     if step not in steps or len(steps) < average:
         raise SystemExit(f"checkpoint {step}: needs {average} checkpoints up to it, found {steps}")
     snaps = [load_tensors(work / "checkpoints" / f"step-{s:07d}" / "ema.safetensors") for s in steps]
@@ -197,6 +196,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     marks = [float(m) for m in args.marks.split(",")]
+    if args.average < 1:
+        raise SystemExit(f"--average {args.average}: expected a number of checkpoints >= 1")
     if args.at_step is not None and args.at_step % args.every and args.at_step != args.train_steps:
         raise SystemExit(f"--at-step {args.at_step}: not a checkpoint (a multiple of --every {args.every})")
     xr, yr = blood(args.ref, args.n, seed=1)

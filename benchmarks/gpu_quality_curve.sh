@@ -5,13 +5,14 @@
 #
 #   SYNTHMED_SHARED=DIR bash benchmarks/gpu_quality_curve.sh OUT MINUTES   # DIR/data/bloodmnist.npz
 #
-# A probe first times 200 steps, so the cosine schedule is sized to end at MINUTES of training; a checkpoint per
-# minute; marks 1, 2, 4 and MINUTES sampled against the labels of 1,000 real test images (seeds 0..999); the last
-# checkpoint also against val (guidance 1.0 and 1.5, to choose on val) and test at guidance 1.5 and seed sets 5000,
-# 10000. Writes OUT/run.tar (points.json + curve samples) and OUT/final.tar (the last checkpoint's extra samples).
-# Back on the VM: untar both into the WORK named in the log and run the same bench with --phase score.
-# Environment: DEVICE (cuda), PRESET (M), BATCH (256), LR (0.002), THREADS (8), N (1000), WORK (/tmp/gpu_quality); a dry
-# run on a CPU: DEVICE=cpu PRESET=XS BATCH=8 N=50 PROBE_EVERY=20 ... OUT 1.
+# A probe first times 200 steps (the resumes it includes make it pessimistic: the schedule ends a little before
+# MINUTES); a checkpoint per minute; marks 1, 2, 4 and MINUTES sampled against the labels of 1,000 real test images
+# (seeds 0..999); the last checkpoint also against val (guidance 1.0 and 1.5) and, to be scored only for the guidance
+# val picks, test at guidance 1.5 and seed sets 5000, 10000 at 1.0. Writes OUT/run.tar (points.json + the curve's
+# samples) and OUT/final.tar (the last checkpoint's other samples). Back on the VM: untar both into a WORK and run
+# the bench with the arguments the log prints and --phase score (val first). Environment: DEVICE (cuda), PRESET (M),
+# BATCH (256), LR (0.002), THREADS (8), N (1000), WORK (/tmp/gpu_quality, must hold no other run); a dry run on a
+# CPU: DEVICE=cpu PRESET=XS BATCH=8 N=20 PROBE_EVERY=20 THREADS=1 PYTHON=.venv/bin/python ... OUT 0.5.
 set -euo pipefail
 out=${1:?usage: gpu_quality_curve.sh OUT MINUTES}
 minutes=${2:-7}
@@ -26,10 +27,16 @@ mkdir -p "$out"
 probe_every=${PROBE_EVERY:-100}
 "$py" "$bench" "${common[@]}" --train-steps 100000 --every "$probe_every" --at-step $((3 * probe_every)) \
   --phase train --work "$work/probe"
-read -r steps every < <("$py" - "$work/probe" "$minutes" "$probe_every" <<'EOF'
+one_run() {  # the one run folder under $1 (a WORK left from another run would mix them up)
+  local found=("$1"/*/points.json)
+  [ ${#found[@]} -eq 1 ] && [ -f "${found[0]}" ] || { echo "expected one run under $1: ${found[*]}" >&2; exit 2; }
+  dirname "${found[0]}"
+}
+probe_dir=$(one_run "$work/probe")
+read -r steps every < <("$py" - "$probe_dir/points.json" "$minutes" "$probe_every" <<'EOF'
 import json, sys
 from pathlib import Path
-pts = json.loads(next(Path(sys.argv[1]).glob("*/points.json")).read_text())
+pts = json.loads(Path(sys.argv[1]).read_text())
 minutes, e = float(sys.argv[2]), int(sys.argv[3])
 per_step = (pts[str(3 * e)]["minutes"] - pts[str(e)]["minutes"]) / (2 * e)
 every = max(10, int(1.0 / per_step))  # one checkpoint per minute
@@ -45,10 +52,10 @@ run=("${common[@]}" --train-steps "$steps" --every "$every" --marks "1,2,4,$minu
 # 3. sample: the curve, then the last checkpoint's extra sets, side by side
 sde=(--sampler dpmpp_sde --sampler-steps 30)
 "$py" "$bench" "${run[@]}" "${sde[@]}" --guidance 1.0 --ref test --phase sample --work "$work/run"
-d=$(dirname "$(ls "$work"/run/*/points.json)")
-tar cf "$out/run.tar" -C "$work/run" --exclude=checkpoints --exclude='*seed*' --exclude='*_val*' \
-  --exclude='*g1.5*' "$(basename "$d")"
-last=$("$py" -c "import json,sys,pathlib; print(max(int(k) for k in json.loads(next(pathlib.Path(sys.argv[1]).glob('*/points.json')).read_text())))" "$work/run")
+d=$(one_run "$work/run")
+b=$(basename "$d")
+(cd "$work/run" && tar cf "$out/run.tar" "$b/points.json" "$b"/samples/fid_*_g1.0_k30_dpmpp_sde_step*.npy)
+last=$("$py" -c "import json,sys; print(max(int(k) for k in json.load(open(sys.argv[1]))))" "$d/points.json")
 pids=()
 for extra in "--guidance 1.0 --ref val" "--guidance 1.5 --ref val" "--guidance 1.5 --ref test" \
              "--guidance 1.0 --ref test --first-seed 5000" "--guidance 1.0 --ref test --first-seed 10000"; do
@@ -56,7 +63,11 @@ for extra in "--guidance 1.0 --ref val" "--guidance 1.5 --ref val" "--guidance 1
   "$py" "$bench" "${run[@]}" "${sde[@]}" $extra --at-step "$last" --phase sample --work "$work/run" &
   pids+=($!)
 done
-for p in "${pids[@]}"; do wait "$p"; done
-(cd "$work/run" && b=$(basename "$d") && tar cf "$out/final.tar" "$b"/samples/*seed* "$b"/samples/*_val* \
-  "$b"/samples/*g1.5_k30_dpmpp*)
-echo "done: run $(basename "$d"), last checkpoint $last; score with: $bench ${run[*]} --phase score ..."
+failed=0
+rm -f "$d"/samples/*.tmp.npy  # a sampler killed while saving leaves only its temp file
+for p in "${pids[@]}"; do wait "$p" || failed=1; done  # every sampler finishes before the verdict
+(cd "$work/run" && tar cf "$out/final.tar" "$b"/samples/*_seed*_step*.npy "$b"/samples/*_val_*_step*.npy \
+  "$b"/samples/fid_*_g1.5_k30_dpmpp_sde_step*.npy)
+echo "done: run $b, last checkpoint $last; score with: $bench ${run[*]} --phase score ... (val first: the test"
+echo "sets at guidance 1.5 are scored only if val picks 1.5)"
+exit $failed

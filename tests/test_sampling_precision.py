@@ -78,7 +78,6 @@ def test_generate_records_precision_and_regenerates_when_it_changes(tmp_path):
         with_overrides(cfg, {"generation.precision": "fp16"})
 
 
-
 def test_bf16_is_refused_for_a_kind_that_sets_its_own_precision(tmp_path):
     """Stable Diffusion picks its own dtype; an explicit bf16 there would be silently ignored, so it is an error."""
     cfg = load_config(None, ["data.source=phantom:blood", "data.phantom.n_classes=2", "data.phantom.n_per_class=4",
@@ -86,3 +85,35 @@ def test_bf16_is_refused_for_a_kind_that_sets_its_own_precision(tmp_path):
     (tmp_path / "generator").mkdir()
     with pytest.raises(ConfigError, match="generation.precision=bf16: generator.kind=stable_diffusion"):
         generate(cfg, tmp_path)
+
+
+def test_fp32_keeps_the_generate_key_of_runs_made_before_the_setting():
+    """Adding generation.precision must not invalidate cached synthetic sets: at fp32 it is left out of the key."""
+    from synthmed.pipeline import keys
+
+    cfg = load_config(None, ["data.source=phantom:blood"])
+    dumped = keys._dump(cfg.generation)
+    old = keys.digest({"stage": "generate", "in": keys.upstream_keys(cfg).finetune,
+                       "generation": {k: v for k, v in dumped.items() if k != "precision"}})
+    assert keys.upstream_keys(cfg).generate == old
+    bf16 = with_overrides(cfg, {"generation.precision": "bf16"})
+    assert keys.upstream_keys(bf16).generate != old
+    assert keys.upstream_keys(bf16).finetune == keys.upstream_keys(cfg).finetune
+
+
+def test_edm_kind_samples_in_bf16_too():
+    from synthmed.generators.edm import precond
+    from synthmed.generators.edm.config import EDMConfig
+    from synthmed.generators.edm.generator import EDMGenerator
+
+    cfg = EDMConfig(preset="custom", block_out_channels=[8, 16], layers_per_block=1)
+    arch = resolve_arch(cfg)
+    torch.manual_seed(0)
+    gen = EDMGenerator(build_unet(arch, 1, len(CLASSES), 16).eval(),
+                       precond.scheduler_config(cfg.sigma_data, cfg.sigma_min, cfg.sigma_max, cfg.rho), CLASSES,
+                       ImagePolicy.for_data(16, 16, 1, cfg, downsampling(arch)))
+    fp32 = gen.sample([0, 1], [1, 2], SampleOptions("euler", 5, 1.5))
+    bf16 = gen.sample([0, 1], [1, 2], SampleOptions("euler", 5, 1.5, precision="bf16"))
+    diff = np.abs(fp32.astype(int) - bf16.astype(int))
+    assert 0 < diff.max() and diff.mean() < 4
+    assert gen.provenance(SampleOptions(precision="bf16"))["precision"] == "bf16"

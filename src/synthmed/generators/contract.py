@@ -25,8 +25,9 @@ Sampling outputs (manifest columns), by contrast, are the synthetic-set contract
 Optional members of a generator class that the stage uses when present (not part of ``base.Generator``):
 ``supports_guidance: ClassVar[bool]`` (``sample`` honours ``SampleOptions.sources`` / ``strength``; without it
 ``generation.strength`` / ``guide`` is refused), ``supports_precision: ClassVar[bool]`` (``sample`` honours
-``SampleOptions.precision``; without it ``generation.precision=bf16`` is refused), ``image_shape`` ((H, W, C) it makes: checked against the data) and
-``batch_group(label) -> str`` (the writer batches only labels of one group together, e.g. one LoRA adapter).
+``SampleOptions.precision``; without it ``generation.precision=bf16`` is refused), ``image_shape`` ((H, W, C) it
+makes: checked against the data) and ``batch_group(label) -> str`` (the writer batches only labels of one group
+together, e.g. one LoRA adapter).
 ``provenance(options)`` values that are lists are per class (indexed by label).
 """
 

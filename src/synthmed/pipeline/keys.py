@@ -36,6 +36,15 @@ def _generator_dump(generator: Any) -> Any:
     return {k: without_unset_later_fields(v) if isinstance(v, dict) else v for k, v in _dump(generator).items()}
 
 
+def _generation_dump(generation: Any) -> Any:
+    """The generation config as hashed: ``precision`` left out at its default, fp32 (runs made before it stay
+    cached; a bf16 set is another set)."""
+    d = _dump(generation)
+    if d.get("precision") == "fp32":
+        del d["precision"]
+    return d
+
+
 @dataclass(frozen=True)
 class UpstreamKeys:
     """Keys of the shared stages (data -> finetune -> generate -> quality)."""
@@ -52,7 +61,7 @@ class UpstreamKeys:
 def upstream_keys(cfg: Config) -> UpstreamKeys:
     data = digest({"stage": "data", "data": _dump(cfg.data), "seed": cfg.seed})
     finetune = digest({"stage": "finetune", "in": data, "generator": _generator_dump(cfg.generator)})
-    generate = digest({"stage": "generate", "in": finetune, "generation": _dump(cfg.generation)})
+    generate = digest({"stage": "generate", "in": finetune, "generation": _generation_dump(cfg.generation)})
     quality = digest({
         "stage": "quality", "in": generate, "quality": _dump(cfg.quality), "filter": _dump(cfg.filter),
         "classifier": _dump(cfg.classifier), "imbalance": _dump(cfg.imbalance),  # the vetting classifier's recipe

@@ -165,7 +165,8 @@ class DDPMGenerator:
     @torch.inference_mode()
     def sample(self, labels: Sequence[int], seeds: Sequence[int], options: SampleOptions | None = None, *,
                autocast: torch.dtype | None = None) -> np.ndarray:
-        """Images (N, H, W, C) uint8; image i depends only on (labels[i], seeds[i], sources[i]) and the options."""
+        """Images (N, H, W, C) uint8; image i depends only on (labels[i], seeds[i], sources[i]) and the options.
+        ``autocast`` (a dtype) overrides ``options.precision``; None = as the options say (fp32 by default)."""
         if self.unet is None:
             raise RuntimeError("the generator is not trained: fit or load it first")
         o = options or SampleOptions()
