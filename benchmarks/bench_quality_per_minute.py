@@ -92,13 +92,12 @@ def generator_at(kind: str, cfg, work: Path, step: int, average: int = 1):
 
     arch = resolve_arch(cfg)
     unet = build_unet(arch, 3, len(CLASSES), 32)
-    steps = [s for s, _ in list_checkpoints(work / "checkpoints") if s <= step][-average:]
-    if step not in steps or len(steps) < average:
-        raise SystemExit(f"checkpoint {step}: needs {average} checkpoints up to it, found {steps}")
-    snaps = [load_tensors(work / "checkpoints" / f"step-{s:07d}" / "ema.safetensors") for s in steps]
+    found = [(s, path) for s, path in list_checkpoints(work / "checkpoints") if s <= step][-average:]
+    if not found or found[-1][0] != step or len(found) < average:
+        raise SystemExit(f"checkpoint {step}: needs {average} checkpoints up to it, found {[s for s, _ in found]}")
     ema: dict = {}
-    for snap in snaps:  # in step order, each term divided first (average 1 = the checkpoint's weights as they are)
-        ema = {k: ema.get(k, 0) + v.float() / len(snaps) for k, v in snap.items()}
+    for _, path in found:  # in step order, each term divided first (average 1 = the checkpoint's weights as they are)
+        ema = {k: ema.get(k, 0) + v.float() / len(found) for k, v in load_tensors(path / "ema.safetensors").items()}
     missing, _ = unet.load_state_dict(ema, strict=False)
     if [m for m in missing if m in dict(unet.named_parameters())]:
         raise SystemExit(f"checkpoint {step}: parameters missing from the EMA weights")
@@ -244,8 +243,8 @@ def main() -> None:
                     imgs = generator_at(kind, cfg, work, step, args.average).to(args.device).sample(
                         yr.tolist(), list(range(args.first_seed, args.first_seed + len(yr))),
                         SampleOptions(args.sampler, args.sampler_steps, args.guidance, batch_size=100,
-                                      sources=sources, strength=args.strength),
-                        autocast=torch.bfloat16 if args.sample_bf16 else None)
+                                      sources=sources, strength=args.strength,
+                                      precision="bf16" if args.sample_bf16 else "fp32"))
                 if args.phase == "sample":
                     kept.parent.mkdir(exist_ok=True)
                     tmp = kept.with_suffix(f".{os.getpid()}.tmp.npy")
