@@ -63,8 +63,9 @@ def overrides(args: argparse.Namespace) -> dict:
     return {k: yaml.safe_load(v) for k, v in pairs}
 
 
-def train_until(kind: str, cfg, work: Path, step: int, x, y, device: str = "cpu") -> None:
-    """Train (resuming from the last checkpoint) up to ``step`` on ``device``."""
+def train_until(kind: str, cfg, work: Path, step: int | None, x, y, device: str = "cpu", seed: int = 0,
+                tracker=None) -> None:
+    """Train (resuming from the last checkpoint) up to ``step`` (None: the schedule's end) on ``device``."""
     from synthmed.data.dataset import ImageSet
     from synthmed.generators.checkpoints import SimulatedInterrupt
 
@@ -74,7 +75,7 @@ def train_until(kind: str, cfg, work: Path, step: int, x, y, device: str = "cpu"
     else:
         from synthmed.generators.edm.train import train_edm as fn
     try:
-        fn(cfg, data, CLASSES, work, seed=0, device=device, stop_after=step, progress=False)
+        fn(cfg, data, CLASSES, work, seed=seed, device=device, stop_after=step, progress=False, tracker=tracker)
     except SimulatedInterrupt:
         pass
 
@@ -84,7 +85,7 @@ def generator_at(kind: str, cfg, work: Path, step: int, average: int = 1):
     mean of the EMA weights of the ``average`` checkpoints ending at ``step`` (a longer average after the fact)."""
     from diffusers import DDPMScheduler
 
-    from synthmed.generators.checkpoints import list_checkpoints, load_tensors
+    from synthmed.generators.checkpoints import list_checkpoints, mean_ema
     from synthmed.generators.ddpm.generator import DDPMGenerator
     from synthmed.generators.ddpm.model import ImagePolicy, build_unet, downsampling, resolve_arch
     from synthmed.generators.edm import precond
@@ -95,9 +96,7 @@ def generator_at(kind: str, cfg, work: Path, step: int, average: int = 1):
     found = [(s, path) for s, path in list_checkpoints(work / "checkpoints") if s <= step][-average:]
     if not found or found[-1][0] != step or len(found) < average:
         raise SystemExit(f"checkpoint {step}: needs {average} checkpoints up to it, found {[s for s, _ in found]}")
-    ema: dict = {}
-    for _, path in found:  # in step order, each term divided first (average 1 = the checkpoint's weights as they are)
-        ema = {k: ema.get(k, 0) + v.float() / len(found) for k, v in load_tensors(path / "ema.safetensors").items()}
+    ema = mean_ema([path for _, path in found])  # the arithmetic of generator.ddpm.average_checkpoints
     missing, _ = unet.load_state_dict(ema, strict=False)
     if [m for m in missing if m in dict(unet.named_parameters())]:
         raise SystemExit(f"checkpoint {step}: parameters missing from the EMA weights")
@@ -110,10 +109,36 @@ def generator_at(kind: str, cfg, work: Path, step: int, average: int = 1):
     return EDMGenerator(unet.eval(), sched, CLASSES, policy)
 
 
+class CheckpointClock:
+    """A tracker for ``train_ddpm`` / ``train_edm`` that records wall and CPU minutes at every checkpoint step (taken
+    before that checkpoint is written; the write counts towards the next point)."""
+
+    def __init__(self, every: int, end: int, points: dict, log: Path) -> None:
+        self.every, self.end, self.points, self.path = every, end, points, log
+        self.t0, self.c0 = time.time(), time.process_time()
+
+    def log_step(self, step: int) -> None:
+        if step % self.every == 0 or step == self.end:
+            self.points[str(step)] = {"minutes": (time.time() - self.t0) / 60,
+                                      "cpu_minutes": (time.process_time() - self.c0) / 60}
+            self.path.write_text(json.dumps(self.points, indent=1))
+            print(f"step {step}: {self.points[str(step)]['minutes']:.1f} min", flush=True)
+
+    def log(self, values: dict, step: int) -> None:  # the Tracker interface the training loops call
+        self.log_step(step)
+
+
 def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minutes: float, x, y,
-                stop_step: int | None = None, device: str = "cpu") -> None:
+                stop_step: int | None = None, device: str = "cpu", seed: int = 0, one_go: bool = False) -> None:
     """Train checkpoint by checkpoint, recording wall and CPU minutes at each, until ``stop_minutes`` (or, for a
-    screen, until checkpoint ``stop_step`` of the schedule)."""
+    screen, until checkpoint ``stop_step`` of the schedule). ``one_go``: one uninterrupted call to the end of the
+    schedule, as ``synthmed finetune`` trains (no resume per checkpoint), timed at each checkpoint by a tracker."""
+    if one_go:
+        if points:
+            raise SystemExit(f"--one-go: {log} already has points; use a fresh --work")
+        train_until(kind, cfg, work, None, x, y, device, seed, CheckpointClock(cfg.checkpoint_every, cfg.steps,
+                                                                                 points, log))
+        return
     stops = list(range(cfg.checkpoint_every, cfg.steps + 1, cfg.checkpoint_every))
     for step in stops + ([cfg.steps] if cfg.steps not in stops else []):  # the schedule's end is always a point
         if str(step) in points:
@@ -125,7 +150,7 @@ def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minute
             return
         prev = max(done, default=0.0), max((p["cpu_minutes"] for p in points.values()), default=0.0)
         t0, c0 = time.time(), time.process_time()
-        train_until(kind, cfg, work, step, x, y, device)
+        train_until(kind, cfg, work, step, x, y, device, seed)
         points[str(step)] = {"minutes": prev[0] + (time.time() - t0) / 60,
                              "cpu_minutes": prev[1] + (time.process_time() - c0) / 60}
         log.write_text(json.dumps(points, indent=1))
@@ -186,6 +211,9 @@ def main() -> None:
                    help="sample under bf16 autocast (fast only on CPUs with native bf16), not fp32")
     p.add_argument("--first-seed", type=int, default=0,
                    help="per-image sampling seeds first..first+n-1 (another seed set measures the sampling noise)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (the work folder is named after it unless 0)")
+    p.add_argument("--one-go", action="store_true",
+                   help="train the whole schedule in one call (as synthmed finetune does), timed at each checkpoint")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--phase", default="all", choices=["all", "train", "sample", "score"],
                    help="sample: sample the scored checkpoints and keep the images in WORK/samples, without FID (on a "
@@ -210,11 +238,13 @@ def main() -> None:
         name += f"p{args.patch}" if args.patch > 1 else ""
         name += "".join(f"-{k}{v}" for k, v in overrides(args).items())
         work = args.work / f"{kind}-{name}-b{args.batch}-lr{args.lr}-s{args.train_steps}"
+        work = work.with_name(work.name + (f"-seed{args.seed}" if args.seed else ""))
         work.mkdir(parents=True, exist_ok=True)
         log = work / "points.json"
         points = json.loads(log.read_text()) if log.is_file() else {}
         if args.phase in ("all", "train"):
-            train_phase(kind, cfg, work, points, log, max(marks), xt, yt, args.at_step, args.device)
+            train_phase(kind, cfg, work, points, log, max(marks), xt, yt, args.at_step, args.device, args.seed,
+                        args.one_go)
         if args.phase == "train":
             continue
         for mark, step in scored_steps(points, marks, cfg.steps, args.at_step):

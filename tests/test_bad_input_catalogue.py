@@ -67,6 +67,8 @@ CONFIG_CASES = [
     ("fraction-zero", ["--set", "data.fraction=0"], ["data.fraction=0", "greater than 0"]),
     ("override-without-equals", ["--set", "classifier.epochs"], ["'classifier.epochs' must look like key=value"]),
     ("unknown-sampler", ["--set", "generation.sampler=plms"], ["generation.sampler='plms'"]),
+    ("average-more-checkpoints-than-written", ["--set", "generator.ddpm.average_checkpoints=99"],
+     ["generator.ddpm.average_checkpoints=99, but steps=", "lower checkpoint_every or average_checkpoints"]),
 ]
 
 

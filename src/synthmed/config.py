@@ -209,6 +209,8 @@ def format_validation_error(err: ValidationError) -> str:
     if first["type"] == "missing":
         return f"missing required config value '{key}'"
     value = first.get("input")
+    if first["type"] == "value_error" and isinstance(value, dict):  # a check across fields: its message says it all
+        return f"invalid config {key}: {first['msg'].removeprefix('Value error, ').rstrip('.')}"
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."

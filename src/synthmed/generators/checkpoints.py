@@ -7,6 +7,7 @@ that name is always whole. Optimizer / LR-scheduler / RNG states are flattened: 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from synthmed.errors import DataError
+from synthmed.errors import DataError, UserError
 from synthmed.io import atomic_write_bytes, atomic_write_text
 
 CKPT_RE = re.compile(r"^step-(\d{7,})$")
@@ -97,6 +98,40 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
         if m and p.is_dir() and (p / "meta.json").is_file():
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def mean_ema(folders: list[Path]) -> dict[str, torch.Tensor]:
+    """The mean of the EMA weights (``ema.safetensors``) of ``folders``, in fp32: summed in the order given, each
+    term divided first (one folder = its weights as they are)."""
+    out: dict[str, torch.Tensor] = {}
+    for folder in folders:
+        for name, value in load_tensors(folder / "ema.safetensors").items():
+            term = value.float() / len(folders)
+            out[name] = out[name] + term if name in out else term
+    return out
+
+
+def average_last(root: Path, k: int, last_step: int, fingerprint: str, field: str) -> tuple[dict[str, torch.Tensor],
+                                                                                             list[int]]:
+    """The mean EMA weights of the newest ``k`` checkpoints under ``root`` and their steps; the newest must be
+    ``last_step`` and all must carry ``fingerprint`` (``field`` names the setting in the error)."""
+    found = list_checkpoints(root)[-k:]
+    steps = [s for s, _ in found]
+    ours = all(json.loads((p / "meta.json").read_text(encoding="utf-8")).get("fingerprint") == fingerprint
+               for _, p in found)
+    if len(found) < k or steps[-1] != last_step or not ours:
+        raise UserError(f"{field}={k} needs the last {k} checkpoints of this run up to step {last_step}, but "
+                        f"{root} holds steps {steps} (an earlier run kept fewer, or they come from another config): "
+                        f"delete {root} to retrain, or lower {field}")
+    return mean_ema([p for _, p in found]), steps
+
+
+def weights_fingerprint(fingerprint: str, average_checkpoints: int | None) -> str:
+    """A finished generator's fingerprint: the checkpoints' (the training trajectory), changed when the final weights
+    are an average of checkpoints, so that changing the average refits the weights without retraining."""
+    if not average_checkpoints or average_checkpoints == 1:
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}|average_checkpoints={average_checkpoints}".encode()).hexdigest()
 
 
 def begin_checkpoint(root: Path, step: int) -> Path:

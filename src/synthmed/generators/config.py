@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from synthmed.generators.edm.config import EDMConfig, UNetPreset
+from synthmed.generators.edm.config import EDMConfig, TrainingSection, UNetPreset
 from synthmed.generators.sd_config import StableDiffusionConfig
 
 
@@ -14,8 +14,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
-class DDPMConfig(_Strict):
+class DDPMConfig(TrainingSection):
     """The class-conditional UNet trained from scratch (``generator.kind: ddpm``)."""
+
+    section: ClassVar[str] = "generator.ddpm"
 
     preset: UNetPreset = "S"
     block_out_channels: list[int] | None = Field(None, description="custom channels per level (preset: custom)")
@@ -54,13 +56,12 @@ class DDPMConfig(_Strict):
     rot90: bool = False
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    average_checkpoints: int | None = Field(
+        None, ge=1, description="final weights = the mean of the EMA weights of the last K checkpoints (the last = "
+                                "the end of the schedule; keeps at least K): a longer average over the end of "
+                                "training, e.g. K = 4 with checkpoint_every = steps / 10 (BENCHMARKS.md, issue 18); "
+                                "None or 1 = the final EMA weights")
     tensorboard: bool = Field(False, description="old spelling of the top-level tracking: tensorboard")
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _yaml_no(cls, value: object) -> object:
-        """YAML reads a bare ``no`` as false: accept it as "no"."""
-        return "no" if value is False else value
 
 
 class GeneratorConfig(_Strict):

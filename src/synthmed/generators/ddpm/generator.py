@@ -115,11 +115,13 @@ class DDPMGenerator:
         return self
 
     def fingerprint(self) -> str:
+        from synthmed.generators.checkpoints import weights_fingerprint
         from synthmed.generators.ddpm.train import fingerprint
 
         if self.settings is not None and self.train is not None:
-            return fingerprint(self.settings, self.seed, self.train, self.world)
-        return str(self.meta.get("training", {}).get("fingerprint", ""))
+            return weights_fingerprint(fingerprint(self.settings, self.seed, self.train, self.world),
+                                       self.settings.average_checkpoints)
+        return str(self.meta.get("fingerprint") or self.meta.get("training", {}).get("fingerprint", ""))
 
     # -------------------------------------------------------------- protocol: sampling
     @property

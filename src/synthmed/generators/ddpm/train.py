@@ -37,7 +37,7 @@ from synthmed.generators.optim import build_optimizer, optimizer_step
 from synthmed.generators.sampling import IndexSampler
 
 #: config keys that do not change the training trajectory (left out of the checkpoint fingerprint)
-NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard")
+NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard", "average_checkpoints")
 
 
 def fingerprint(cfg: DDPMConfig, seed: int, train: ImageSet, world: int) -> str:
@@ -243,18 +243,42 @@ def train_ddpm(
         bar.close()
 
     final = build_unet(arch, train.channels, len(classes), policy.resolution)
-    ema.copy_to(final.parameters())
-    final.eval()
+    averaged = final_weights(final, ema, cfg, ckpt_root, fp, "generator.ddpm.average_checkpoints")
     meta = {"arch": arch, "n_params": n_params, "training": {
         "steps": cfg.steps, "batch_size": cfg.batch_size, "world_size": world, "seed": seed,
         "prediction_type": cfg.prediction_type, "beta_schedule": cfg.beta_schedule, "snr_gamma": cfg.snr_gamma,
         "label_dropout": cfg.label_dropout, "class_power": cfg.class_power, "ema_decay": cfg.ema_decay,
         "ema_power": cfg.ema_power, "optimizer": cfg.optimizer, "lr": cfg.lr,
         **({"cbdm_tau": cfg.cbdm_tau, "cbdm_gamma": cfg.cbdm_gamma} if cfg.cbdm_tau else {}),
+        **({"average_checkpoints": cfg.average_checkpoints, "averaged_steps": averaged} if averaged else {}),
         "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
     gen.settings, gen.seed, gen.device_name, gen.world, gen.train = cfg, int(seed), device, world, train
     return TrainResult(gen, step, resumed_from, n_params, meta["training"]["precision"], losses)
+
+
+def final_weights(final: torch.nn.Module, ema: Any, cfg: Any, root: Path, fp: str, field: str) -> list[int]:
+    """Put the final weights into ``final`` (eval mode): the EMA weights, or with ``cfg.average_checkpoints`` = K the
+    mean of the EMA weights of the last K checkpoints (returns their steps; [] for the EMA alone)."""
+    k = getattr(cfg, "average_checkpoints", None)
+    if not k:
+        ema.copy_to(final.parameters())
+        final.eval()
+        return []
+    mean, steps = st.average_last(root, k, cfg.steps, fp, field)
+    params = dict(final.named_parameters())
+    if set(mean) != set(params):
+        raise DataError(f"{root}: the checkpoints' EMA weights do not match the UNet's parameters")
+    with torch.no_grad():
+        for name, value in mean.items():
+            params[name].copy_(value)
+    final.eval()
+    return steps
+
+
+def keep_count(cfg: Any) -> int:
+    """How many checkpoints to keep: ``keep_checkpoints``, at least ``average_checkpoints``."""
+    return max(cfg.keep_checkpoints, getattr(cfg, "average_checkpoints", None) or 1)
 
 
 def _save_checkpoint(acc: Any, root: Path, step: int, fp: str, cfg: DDPMConfig, base: torch.nn.Module,
@@ -277,7 +301,7 @@ def _save_checkpoint(acc: Any, root: Path, step: int, fp: str, cfg: DDPMConfig, 
         st.save_state(tmp, "train", {"optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(),
                                      "ema": ema_meta, "step": step, "losses": list(losses or [])})
         st.commit_checkpoint(root, tmp, step, {"step": step, "fingerprint": fp, "world_size": acc.num_processes},
-                             cfg.keep_checkpoints)
+                             keep_count(cfg))
     acc.wait_for_everyone()
 
 

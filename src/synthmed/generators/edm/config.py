@@ -3,16 +3,16 @@ its loss weighting; the same UNet presets, EMA and augmentation switches as ``ge
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: the UNet presets shared by the ddpm and edm kinds (``generators/ddpm/model.py: PRESETS``), or ``custom``
 UNetPreset = Literal["XS", "XS-deep", "S", "M", "L", "custom"]
 
-#: UNet fields added after checkpoints and run directories existed: hashes of a config (checkpoint fingerprints,
+#: UNet and training fields added after checkpoints and run directories existed: hashes of a config (checkpoint fingerprints,
 #: the pipeline's finetune key) leave them out while unset (None), so those still resume and stay cached
-LATER_UNET_FIELDS = ("patch_size", "self_condition")
+LATER_UNET_FIELDS = ("patch_size", "self_condition", "average_checkpoints")
 
 
 def without_unset_later_fields(settings: dict) -> dict:
@@ -20,10 +20,46 @@ def without_unset_later_fields(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if not (k in LATER_UNET_FIELDS and (v is None or v is False))}
 
 
-class EDMConfig(BaseModel):
-    """The class-conditional EDM UNet trained from scratch (``generator.kind: edm``)."""
+def check_average_checkpoints(cfg: Any, section: str) -> Any:
+    """Refuse ``average_checkpoints`` larger than the number of checkpoints the schedule writes (``section``: the
+    config key of ``cfg``, for the message)."""
+    k = getattr(cfg, "average_checkpoints", None)
+    written = -(-cfg.steps // cfg.checkpoint_every)  # every checkpoint_every steps, and always at the end
+    if k is not None and k > written:
+        raise ValueError(f"{section}.average_checkpoints={k}, but steps={cfg.steps} with checkpoint_every="
+                         f"{cfg.checkpoint_every} writes {written} checkpoint(s): lower checkpoint_every or "
+                         "average_checkpoints")
+    return cfg
+
+
+class TrainingSection(BaseModel):
+    """What the ddpm and edm sections share: strict keys, YAML's bare ``no``, the ``average_checkpoints`` checks
+    (``section``: the section's config key, for messages)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    section: ClassVar[str] = "generator"
+
+    @field_validator("mixed_precision", mode="before", check_fields=False)
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        """YAML reads a bare ``no`` as false: accept it as "no"."""
+        return "no" if value is False else value
+
+    @field_validator("average_checkpoints", check_fields=False)
+    @classmethod
+    def _one_is_none(cls, value: int | None) -> int | None:
+        """1 checkpoint is the final EMA itself: spelled None, so that configs and cache keys of old runs agree."""
+        return None if value == 1 else value
+
+    @model_validator(mode="after")
+    def _enough_checkpoints(self) -> TrainingSection:
+        return check_average_checkpoints(self, self.section)
+
+
+class EDMConfig(TrainingSection):
+    """The class-conditional EDM UNet trained from scratch (``generator.kind: edm``)."""
+
+    section: ClassVar[str] = "generator.edm"
 
     preset: UNetPreset = "S"
     block_out_channels: list[int] | None = Field(None, description="custom channels per level (preset: custom)")
@@ -55,9 +91,8 @@ class EDMConfig(BaseModel):
     rot90: bool = False
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _yaml_no(cls, value: object) -> object:
-        """YAML reads a bare ``no`` as false: accept it as "no"."""
-        return "no" if value is False else value
+    average_checkpoints: int | None = Field(
+        None, ge=1, description="final weights = the mean of the EMA weights of the last K checkpoints (the last = "
+                                "the end of the schedule; keeps at least K): a longer average over the end of "
+                                "training, e.g. K = 4 with checkpoint_every = steps / 10 (BENCHMARKS.md, issue 18); "
+                                "None or 1 = the final EMA weights")

@@ -46,16 +46,20 @@ class EDMGenerator(DDPMGenerator):
             "formulation": "edm", "steps": s.steps, "batch_size": s.batch_size, "world_size": self.world,
             "seed": self.seed, "lr": s.lr, "class_power": s.class_power, "p_mean": s.p_mean, "p_std": s.p_std,
             "sigma_data": s.sigma_data, "label_dropout": s.label_dropout, "ema_decay": s.ema_decay,
-            "precision": res.precision, "fingerprint": res.fingerprint, "resumed_from": res.resumed_from}})
+            "precision": res.precision, "fingerprint": res.fingerprint, "resumed_from": res.resumed_from,
+            **({"average_checkpoints": s.average_checkpoints, "averaged_steps": res.averaged_steps}
+               if res.averaged_steps else {})}})
         self.train, self.last_fit = train, res
         return self.to(self.device)
 
     def fingerprint(self) -> str:
+        from synthmed.generators.checkpoints import weights_fingerprint
         from synthmed.generators.edm.train import fingerprint
 
         if self.settings is not None and self.train is not None:
-            return fingerprint(self.settings, self.seed, self.train, self.world)  # type: ignore[arg-type]
-        return str(self.meta.get("training", {}).get("fingerprint", ""))
+            return weights_fingerprint(fingerprint(self.settings, self.seed, self.train, self.world),
+                                       self.settings.average_checkpoints)
+        return str(self.meta.get("fingerprint") or self.meta.get("training", {}).get("fingerprint", ""))
 
     # -------------------------------------------------------------- sampling
     def options(self, options: SampleOptions | None) -> tuple[str, int, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from synthmed.generators.edm.precond import euler_scheduler, scheduler_config, t
 from synthmed.generators.checkpoints import SimulatedInterrupt
 from synthmed.generators.sampling import IndexSampler
 
-NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard")
+NON_TRAJECTORY_KEYS = ("checkpoint_every", "keep_checkpoints", "tensorboard", "average_checkpoints")
 
 
 def fingerprint(cfg: EDMConfig, seed: int, train: ImageSet, world: int) -> str:
@@ -56,6 +56,7 @@ class TrainState:
     precision: str
     fingerprint: str
     losses: list[float]
+    averaged_steps: list[int] = field(default_factory=list)  # checkpoints averaged into the weights ([]: EMA alone)
 
 
 def _batch(data: torch.Tensor, labels: torch.Tensor, sampler: IndexSampler, g: torch.Generator, cfg: EDMConfig,
@@ -92,7 +93,7 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
     from synthmed.generators.ddpm.model import (
         ImagePolicy, build_unet, count_params, downsampling, resolve_arch, to_model_range,
     )
-    from synthmed.generators.ddpm.train import _load_checkpoint, _save_checkpoint
+    from synthmed.generators.ddpm.train import _load_checkpoint, _save_checkpoint, final_weights
     from synthmed.generators.optim import optimizer_step
 
     if len(train) == 0:
@@ -174,7 +175,6 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
     if bar is not None:
         bar.close()
     final = build_unet(arch, train.channels, len(classes), policy.resolution)
-    ema.copy_to(final.parameters())
-    final.eval()
+    averaged = final_weights(final, ema, cfg, root, fp, "generator.edm.average_checkpoints")
     precision = str(amp).replace("torch.", "") if amp else "fp32"
-    return TrainState(final, arch, policy, sched_cfg, step, resumed_from, n_params, precision, fp, losses)
+    return TrainState(final, arch, policy, sched_cfg, step, resumed_from, n_params, precision, fp, losses, averaged)
