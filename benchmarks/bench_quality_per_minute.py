@@ -121,11 +121,19 @@ class CheckpointClock:
         if step % self.every == 0 or step == self.end:
             self.points[str(step)] = {"minutes": (time.time() - self.t0) / 60,
                                       "cpu_minutes": (time.process_time() - self.c0) / 60}
-            self.path.write_text(json.dumps(self.points, indent=1))
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.points, indent=1))
+            tmp.replace(self.path)
             print(f"step {step}: {self.points[str(step)]['minutes']:.1f} min", flush=True)
 
     def log(self, values: dict, step: int) -> None:  # the Tracker interface the training loops call
         self.log_step(step)
+
+
+def list_checkpoints(root: Path) -> list:
+    from synthmed.generators.checkpoints import list_checkpoints as found
+
+    return found(root)
 
 
 def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minutes: float, x, y,
@@ -133,9 +141,12 @@ def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minute
     """Train checkpoint by checkpoint, recording wall and CPU minutes at each, until ``stop_minutes`` (or, for a
     screen, until checkpoint ``stop_step`` of the schedule). ``one_go``: one uninterrupted call to the end of the
     schedule, as ``synthmed finetune`` trains (no resume per checkpoint), timed at each checkpoint by a tracker."""
-    if one_go:
-        if points:
-            raise SystemExit(f"--one-go: {log} already has points; use a fresh --work")
+    if one_go:  # timed from the start of the schedule: not resumable
+        if points or list_checkpoints(work / "checkpoints"):
+            raise SystemExit(f"--one-go: {work} already holds a run (a one-go timing cannot resume); use a fresh "
+                             "--work")
+        if stop_step is not None:
+            raise SystemExit("--one-go trains the whole schedule: drop --at-step from the train phase")
         train_until(kind, cfg, work, None, x, y, device, seed, CheckpointClock(cfg.checkpoint_every, cfg.steps,
                                                                                  points, log))
         return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ def main() -> None:
     p.add_argument("--ref", default="val", choices=["val", "test"])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--sampler", default="dpmpp_sde")
+    p.add_argument("--sampler", default="dpmpp_sde", help="dpmpp_sde / dpmpp / ... (edm generators: dpmpp, euler, heun)")
     p.add_argument("--sampler-steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -58,8 +59,8 @@ def main() -> None:
            "training": {k: gen.meta.get("training", {}).get(k) for k in ("steps", "average_checkpoints",
                                                                         "averaged_steps", "seed", "precision")}}
     out = args.generator.parent / "generator_scores.json"
-    rows = json.loads(out.read_text()) if out.is_file() else []
-    tmp = out.with_suffix(".tmp")
+    rows = json.loads(out.read_text()) if out.is_file() else []  # read now: a val and a test scoring may run together
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(rows + [row], indent=1))
     tmp.replace(out)
     print(f"{args.generator} ({args.ref}, n = {args.n}, seeds from {args.first_seed}, {args.sampler} "

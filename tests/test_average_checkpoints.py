@@ -13,7 +13,7 @@ from synthmed.config import load_config
 from synthmed.data.load import load_data
 from synthmed.errors import UserError
 from synthmed.generators import contract
-from synthmed.generators.checkpoints import list_checkpoints, load_tensors, mean_ema
+from synthmed.generators.checkpoints import SimulatedInterrupt, list_checkpoints, load_tensors, mean_ema
 from synthmed.generators.config import DDPMConfig
 from synthmed.generators.ddpm.train import fingerprint, train_ddpm
 from synthmed.generators.edm.config import EDMConfig
@@ -74,10 +74,25 @@ def test_ddpm_final_weights_are_the_mean_ema_of_the_last_k_checkpoints(tmp_path:
 
 
 def test_averaging_a_run_whose_checkpoints_were_pruned_names_the_setting(tmp_path: Path) -> None:
+    """A finished run that kept one checkpoint cannot average two; a run stopped half-way that kept one is refused
+    when it resumes (before training on, not at the end); a finished run whose checkpoints have another spacing
+    than checkpoint_every says (the window would be other steps) is refused too."""
     data = two_class_set(n_per_class=8, size=12)
-    train_ddpm(tiny_cfg(keep_checkpoints=1), data, CLASSES, tmp_path, progress=False)
-    with pytest.raises(UserError, match=r"generator\.ddpm\.average_checkpoints=2 needs the last 2 checkpoints"):
-        train_ddpm(tiny_cfg(average_checkpoints=2), data, CLASSES, tmp_path, progress=False)
+    train_ddpm(tiny_cfg(keep_checkpoints=1), data, CLASSES, tmp_path / "a", progress=False)
+    with pytest.raises(UserError, match=r"generator\.ddpm\.average_checkpoints=2 averages the checkpoints of "
+                                        r"steps \[4, 6\], but .* holds steps \[6\]"):
+        train_ddpm(tiny_cfg(average_checkpoints=2), data, CLASSES, tmp_path / "a", progress=False)
+
+    with pytest.raises(SimulatedInterrupt):
+        train_ddpm(tiny_cfg(keep_checkpoints=1), data, CLASSES, tmp_path / "b", progress=False, stop_after=4)
+    with pytest.raises(UserError, match=r"steps \[2, 4, 6\], but .* holds steps \[4\]"):
+        train_ddpm(tiny_cfg(average_checkpoints=3), data, CLASSES, tmp_path / "b", progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b" / "checkpoints")] == [4]  # refused before training on
+
+    train_ddpm(tiny_cfg(keep_checkpoints=3), data, CLASSES, tmp_path / "c", progress=False)  # steps 2, 4, 6
+    with pytest.raises(UserError, match=r"steps \[3, 6\], but .* holds steps \[2, 4, 6\]"):
+        train_ddpm(tiny_cfg(average_checkpoints=2, checkpoint_every=3), data, CLASSES, tmp_path / "c",
+                   progress=False)
 
 
 EDM = ["data.source=phantom:blood", "data.size=32", "data.phantom.n_classes=3", "data.phantom.n_per_class=8",

@@ -111,19 +111,33 @@ def mean_ema(folders: list[Path]) -> dict[str, torch.Tensor]:
     return out
 
 
-def average_last(root: Path, k: int, last_step: int, fingerprint: str, field: str) -> tuple[dict[str, torch.Tensor],
-                                                                                             list[int]]:
-    """The mean EMA weights of the newest ``k`` checkpoints under ``root`` and their steps; the newest must be
-    ``last_step`` and all must carry ``fingerprint`` (``field`` names the setting in the error)."""
-    found = list_checkpoints(root)[-k:]
-    steps = [s for s, _ in found]
-    ours = all(json.loads((p / "meta.json").read_text(encoding="utf-8")).get("fingerprint") == fingerprint
-               for _, p in found)
-    if len(found) < k or steps[-1] != last_step or not ours:
-        raise UserError(f"{field}={k} needs the last {k} checkpoints of this run up to step {last_step}, but "
-                        f"{root} holds steps {steps} (an earlier run kept fewer, or they come from another config): "
-                        f"delete {root} to retrain, or lower {field}")
-    return mean_ema([p for _, p in found]), steps
+def checkpoint_steps(steps: int, every: int) -> list[int]:
+    """The steps a schedule of ``steps`` writes checkpoints at: every ``every`` steps, and always at the end."""
+    return sorted(set(range(every, steps + 1, every)) | {steps})
+
+
+def _fingerprint_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "meta.json").read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_average_window(root: Path, wanted: list[int], upto: int, fingerprint: str, field: str) -> list[Path]:
+    """The checkpoint folders of the steps in ``wanted`` that are <= ``upto``, all present under ``root`` with
+    ``fingerprint`` (a resumed run checks before training on; ``field`` names the setting in the error)."""
+    found = dict(list_checkpoints(root))
+    need = [s for s in wanted if s <= upto]
+    if any(s not in found or _fingerprint_of(found[s]) != fingerprint for s in need):
+        raise UserError(f"{field}={len(wanted)} averages the checkpoints of steps {wanted}, but {root} holds steps "
+                        f"{sorted(found)} (an earlier run kept fewer, used another checkpoint_every, or they come "
+                        f"from another config): delete {root} to retrain, or lower {field}")
+    return [found[s] for s in need]
+
+
+def average_last(root: Path, wanted: list[int], fingerprint: str, field: str) -> dict[str, torch.Tensor]:
+    """The mean EMA weights of the checkpoints of steps ``wanted`` (the schedule's last ones) under ``root``."""
+    return mean_ema(check_average_window(root, wanted, max(wanted), fingerprint, field))
 
 
 def weights_fingerprint(fingerprint: str, average_checkpoints: int | None) -> str:

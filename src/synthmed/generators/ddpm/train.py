@@ -189,6 +189,7 @@ def train_ddpm(
     found = st.list_checkpoints(ckpt_root) if resume else []
     if found:
         step = _load_checkpoint(found[-1][1], fp, base, ema, names, opt, lr_sched, g, rank, losses)
+        st.check_average_window(ckpt_root, average_window(cfg), step, fp, "generator.ddpm.average_checkpoints")
     resumed_from = step
 
     writer = tracker if acc.is_main_process else None
@@ -265,7 +266,8 @@ def final_weights(final: torch.nn.Module, ema: Any, cfg: Any, root: Path, fp: st
         ema.copy_to(final.parameters())
         final.eval()
         return []
-    mean, steps = st.average_last(root, k, cfg.steps, fp, field)
+    steps = average_window(cfg)
+    mean = st.average_last(root, steps, fp, field)
     params = dict(final.named_parameters())
     if set(mean) != set(params):
         raise DataError(f"{root}: the checkpoints' EMA weights do not match the UNet's parameters")
@@ -274,6 +276,12 @@ def final_weights(final: torch.nn.Module, ema: Any, cfg: Any, root: Path, fp: st
             params[name].copy_(value)
     final.eval()
     return steps
+
+
+def average_window(cfg: Any) -> list[int]:
+    """The checkpoint steps ``average_checkpoints`` averages ([] when unset): the schedule's last K."""
+    k = getattr(cfg, "average_checkpoints", None)
+    return st.checkpoint_steps(cfg.steps, cfg.checkpoint_every)[-k:] if k else []
 
 
 def keep_count(cfg: Any) -> int:

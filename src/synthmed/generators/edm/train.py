@@ -93,7 +93,7 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
     from synthmed.generators.ddpm.model import (
         ImagePolicy, build_unet, count_params, downsampling, resolve_arch, to_model_range,
     )
-    from synthmed.generators.ddpm.train import _load_checkpoint, _save_checkpoint, final_weights
+    from synthmed.generators.ddpm.train import _load_checkpoint, _save_checkpoint, average_window, final_weights
     from synthmed.generators.optim import optimizer_step
 
     if len(train) == 0:
@@ -138,6 +138,7 @@ def train_edm(cfg: EDMConfig, train: ImageSet, classes: list[str], work_dir: Pat
     found = st.list_checkpoints(root)
     if found:
         step = _load_checkpoint(found[-1][1], fp, base, ema, names, opt, lr_sched, g, rank, losses)
+        st.check_average_window(root, average_window(cfg), step, fp, "generator.edm.average_checkpoints")
     resumed_from = step
     bar = None
     if progress and acc.is_main_process and step < cfg.steps:
