@@ -110,6 +110,7 @@ def test_ddpm_two_processes_match_one(tmp_path):
     _launch("accelerate", ["ddpm", str(tmp_path / "two")])
     two = json.loads((tmp_path / "two" / "ddpm.json").read_text())
     assert one["world"] == 1 and two["world"] == 2  # accelerate launch really started two processes
+    assert one["averaged_steps"] == two["averaged_steps"] == [3, 6]  # every rank averaged the committed checkpoints
     assert len(one["losses"]) == len(two["losses"]) == 6
     assert all(_close(a, b) for a, b in zip(one["losses"], two["losses"])), (one["losses"], two["losses"])
     assert _max_diff(tmp_path / "one" / "ddpm.safetensors", tmp_path / "two" / "ddpm.safetensors") <= TOL_WEIGHT

@@ -14,13 +14,15 @@ import json
 from pathlib import Path
 
 #: the DDPM run: a tiny UNet on 2 phantom classes at 16 px; batch 6 does not divide by 4 processes on purpose
+#: average_checkpoints 2: the final weights average both checkpoints (3 and 6), which every rank reads after rank 0
+#: committed them
 DDPM_SETTINGS = {"steps": 6, "batch_size": 6, "preset": "XS", "checkpoint_every": 3, "warmup_steps": 1,
-                 "mixed_precision": "no", "lr": 1e-3, "hflip": True}
+                 "mixed_precision": "no", "lr": 1e-3, "hflip": True, "average_checkpoints": 2}
 
 
 def ddpm(out: Path, stop_after: int | None = None) -> dict[str, object]:
-    """Train the tiny DDPM (``DDPM_SETTINGS``) into ``out/work``; rank 0 writes ``out/ddpm.safetensors`` (EMA
-    weights) and ``out/ddpm.json`` (losses, world size)."""
+    """Train the tiny DDPM (``DDPM_SETTINGS``) into ``out/work``; rank 0 writes ``out/ddpm.safetensors`` (the final
+    weights: the mean EMA of both checkpoints) and ``out/ddpm.json`` (losses, world size, averaged steps)."""
     from synthmed.data.dataset import ImageSet
     from synthmed.data.phantom import make_phantom
     from synthmed.generators.accel import processes
@@ -32,7 +34,8 @@ def ddpm(out: Path, stop_after: int | None = None) -> dict[str, object]:
     train = ImageSet(images, labels, [f"p{i}" for i in range(len(labels))])
     cfg = DDPMConfig(**DDPM_SETTINGS)
     res = train_ddpm(cfg, train, classes, out / "work", seed=5, device="cpu", progress=False, stop_after=stop_after)
-    facts = {"losses": res.losses, "world": res.generator.world, "steps": res.steps, "resumed_from": res.resumed_from}
+    facts = {"losses": res.losses, "world": res.generator.world, "steps": res.steps, "resumed_from": res.resumed_from,
+             "averaged_steps": res.generator.meta["training"].get("averaged_steps")}
     if processes("cpu")[0] == 0:
         save_tensors(out / "ddpm.safetensors", res.generator.unet.state_dict())
         (out / "ddpm.json").write_text(json.dumps(facts))
