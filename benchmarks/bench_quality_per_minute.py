@@ -117,7 +117,7 @@ class CheckpointClock:
         self.every, self.end, self.points, self.path = every, end, points, log
         self.t0, self.c0 = time.time(), time.process_time()
 
-    def log_step(self, step: int) -> None:
+    def log(self, values: dict, step: int) -> None:  # the Tracker interface the training loops call
         if step % self.every == 0 or step == self.end:
             self.points[str(step)] = {"minutes": (time.time() - self.t0) / 60,
                                       "cpu_minutes": (time.process_time() - self.c0) / 60}
@@ -126,21 +126,14 @@ class CheckpointClock:
             tmp.replace(self.path)
             print(f"step {step}: {self.points[str(step)]['minutes']:.1f} min", flush=True)
 
-    def log(self, values: dict, step: int) -> None:  # the Tracker interface the training loops call
-        self.log_step(step)
-
-
-def list_checkpoints(root: Path) -> list:
-    from synthmed.generators.checkpoints import list_checkpoints as found
-
-    return found(root)
-
 
 def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minutes: float, x, y,
                 stop_step: int | None = None, device: str = "cpu", seed: int = 0, one_go: bool = False) -> None:
     """Train checkpoint by checkpoint, recording wall and CPU minutes at each, until ``stop_minutes`` (or, for a
     screen, until checkpoint ``stop_step`` of the schedule). ``one_go``: one uninterrupted call to the end of the
     schedule, as ``synthmed finetune`` trains (no resume per checkpoint), timed at each checkpoint by a tracker."""
+    from synthmed.generators.checkpoints import checkpoint_steps, list_checkpoints
+
     if one_go:  # timed from the start of the schedule: not resumable
         if points or list_checkpoints(work / "checkpoints"):
             raise SystemExit(f"--one-go: {work} already holds a run (a one-go timing cannot resume); use a fresh "
@@ -150,8 +143,7 @@ def train_phase(kind: str, cfg, work: Path, points: dict, log: Path, stop_minute
         train_until(kind, cfg, work, None, x, y, device, seed, CheckpointClock(cfg.checkpoint_every, cfg.steps,
                                                                                  points, log))
         return
-    stops = list(range(cfg.checkpoint_every, cfg.steps + 1, cfg.checkpoint_every))
-    for step in stops + ([cfg.steps] if cfg.steps not in stops else []):  # the schedule's end is always a point
+    for step in checkpoint_steps(cfg.steps, cfg.checkpoint_every):  # the schedule's end is always a point
         if str(step) in points:
             continue
         if stop_step is not None and step > stop_step:

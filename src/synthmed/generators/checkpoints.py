@@ -135,15 +135,10 @@ def check_average_window(root: Path, wanted: list[int], upto: int, fingerprint: 
     return [found[s] for s in need]
 
 
-def average_last(root: Path, wanted: list[int], fingerprint: str, field: str) -> dict[str, torch.Tensor]:
-    """The mean EMA weights of the checkpoints of steps ``wanted`` (the schedule's last ones) under ``root``."""
-    return mean_ema(check_average_window(root, wanted, max(wanted), fingerprint, field))
-
-
 def weights_fingerprint(fingerprint: str, average_checkpoints: int | None) -> str:
     """A finished generator's fingerprint: the checkpoints' (the training trajectory), changed when the final weights
     are an average of checkpoints, so that changing the average refits the weights without retraining."""
-    if not average_checkpoints or average_checkpoints == 1:
+    if not average_checkpoints:  # None (the config spells 1 as None)
         return fingerprint
     return hashlib.sha256(f"{fingerprint}|average_checkpoints={average_checkpoints}".encode()).hexdigest()
 

@@ -261,13 +261,12 @@ def train_ddpm(
 def final_weights(final: torch.nn.Module, ema: Any, cfg: Any, root: Path, fp: str, field: str) -> list[int]:
     """Put the final weights into ``final`` (eval mode): the EMA weights, or with ``cfg.average_checkpoints`` = K the
     mean of the EMA weights of the last K checkpoints (returns their steps; [] for the EMA alone)."""
-    k = getattr(cfg, "average_checkpoints", None)
-    if not k:
+    steps = average_window(cfg)
+    if not steps:
         ema.copy_to(final.parameters())
         final.eval()
         return []
-    steps = average_window(cfg)
-    mean = st.average_last(root, steps, fp, field)
+    mean = st.mean_ema(st.check_average_window(root, steps, cfg.steps, fp, field))
     params = dict(final.named_parameters())
     if set(mean) != set(params):
         raise DataError(f"{root}: the checkpoints' EMA weights do not match the UNet's parameters")
@@ -280,13 +279,13 @@ def final_weights(final: torch.nn.Module, ema: Any, cfg: Any, root: Path, fp: st
 
 def average_window(cfg: Any) -> list[int]:
     """The checkpoint steps ``average_checkpoints`` averages ([] when unset): the schedule's last K."""
-    k = getattr(cfg, "average_checkpoints", None)
+    k = cfg.average_checkpoints
     return st.checkpoint_steps(cfg.steps, cfg.checkpoint_every)[-k:] if k else []
 
 
 def keep_count(cfg: Any) -> int:
     """How many checkpoints to keep: ``keep_checkpoints``, at least ``average_checkpoints``."""
-    return max(cfg.keep_checkpoints, getattr(cfg, "average_checkpoints", None) or 1)
+    return max(cfg.keep_checkpoints, cfg.average_checkpoints or 1)
 
 
 def _save_checkpoint(acc: Any, root: Path, step: int, fp: str, cfg: DDPMConfig, base: torch.nn.Module,

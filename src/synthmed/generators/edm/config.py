@@ -3,33 +3,21 @@ its loss weighting; the same UNet presets, EMA and augmentation switches as ``ge
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: the UNet presets shared by the ddpm and edm kinds (``generators/ddpm/model.py: PRESETS``), or ``custom``
 UNetPreset = Literal["XS", "XS-deep", "S", "M", "L", "custom"]
 
-#: UNet and training fields added after checkpoints and run directories existed: hashes of a config (checkpoint fingerprints,
-#: the pipeline's finetune key) leave them out while unset (None), so those still resume and stay cached
+#: UNet and training fields added after checkpoints and run directories existed: hashes of a config (checkpoint
+#: fingerprints, the pipeline's finetune key) leave them out while unset (None), so those still resume and stay cached
 LATER_UNET_FIELDS = ("patch_size", "self_condition", "average_checkpoints")
 
 
 def without_unset_later_fields(settings: dict) -> dict:
     """A generator kind's dumped settings without the :data:`LATER_UNET_FIELDS` that are unset (None or False)."""
     return {k: v for k, v in settings.items() if not (k in LATER_UNET_FIELDS and (v is None or v is False))}
-
-
-def check_average_checkpoints(cfg: Any, section: str) -> Any:
-    """Refuse ``average_checkpoints`` larger than the number of checkpoints the schedule writes (``section``: the
-    config key of ``cfg``, for the message)."""
-    k = getattr(cfg, "average_checkpoints", None)
-    written = -(-cfg.steps // cfg.checkpoint_every)  # every checkpoint_every steps, and always at the end
-    if k is not None and k > written:
-        raise ValueError(f"{section}.average_checkpoints={k}, but steps={cfg.steps} with checkpoint_every="
-                         f"{cfg.checkpoint_every} writes {written} checkpoint(s): lower checkpoint_every or "
-                         "average_checkpoints")
-    return cfg
 
 
 class TrainingSection(BaseModel):
@@ -53,7 +41,13 @@ class TrainingSection(BaseModel):
 
     @model_validator(mode="after")
     def _enough_checkpoints(self) -> TrainingSection:
-        return check_average_checkpoints(self, self.section)
+        """Refuse ``average_checkpoints`` larger than the number of checkpoints the schedule writes."""
+        k, steps, every = self.average_checkpoints, self.steps, self.checkpoint_every  # fields of the subclasses
+        written = -(-steps // every)  # every checkpoint_every steps, and always at the end
+        if k is not None and k > written:
+            raise ValueError(f"{self.section}.average_checkpoints={k}, but steps={steps} with checkpoint_every={every} "
+                             f"writes {written} checkpoint(s): lower checkpoint_every or average_checkpoints")
+        return self
 
 
 class EDMConfig(TrainingSection):
