@@ -34,6 +34,9 @@ class DDPMConfig(TrainingSection):
     num_train_timesteps: int = Field(1000, ge=10)
     snr_gamma: float | None = Field(5.0, gt=0, description="min-SNR-gamma loss weighting; None = plain MSE")
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="classifier-free guidance label dropout")
+    input_perturbation: float | None = Field(None, gt=0, lt=1, description="input perturbation gamma (Ning et al., "
+                                             "ICML 2023; diffusers' --input_perturbation): the noisy input is made "
+                                             "with noise + gamma * xi, the target with the noise alone; None = off")
     class_power: float = Field(1.0, ge=0.0, le=1.0, description="draw class c with p ~ n_c ** gamma (1 = uniform over "
                                                               "images, 0 = class-balanced)")
     cbdm_tau: float = Field(0.0, ge=0, description="CBDM regulariser weight tau (Qin et al. 2023): pull the prediction "

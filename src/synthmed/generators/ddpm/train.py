@@ -117,7 +117,8 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DD
     # drawn last, so that turning CBDM or self-conditioning off leaves every other draw as it was
     y_bal = torch.randint(null_class, (b,), generator=g) if cfg.cbdm_tau > 0 else None
     self_cond = torch.rand(b, generator=g) < 0.5 if cfg.self_condition else None
-    return x, y, noise, t, y_bal, self_cond
+    perturb = torch.randn(x.shape, generator=g) if cfg.input_perturbation else None
+    return x, y, noise, t, y_bal, self_cond, perturb
 
 
 def _self_condition(unet: Any, noisy: torch.Tensor, t: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
@@ -202,11 +203,12 @@ def train_ddpm(
     noise_sched.alphas_cumprod = acs
     unet.train()
     while step < cfg.steps:
-        x, y, noise, t, y_bal, self_cond = (None if v is None else v[rows] for v in _batch(
+        x, y, noise, t, y_bal, self_cond, perturb = (None if v is None else v[rows] for v in _batch(
             data, labels, g, cfg, null_class, cfg.num_train_timesteps, draw))
         x = to_model_range(x.to(dev, non_blocking=True))
         noise, t, y = noise.to(dev), t.to(dev), y.to(dev)
-        noisy = noise_sched.add_noise(x, noise, t)
+        noisy = noise_sched.add_noise(x, noise if perturb is None else noise + cfg.input_perturbation * perturb.to(dev),
+                                      t)  # input perturbation: the target below keeps the unperturbed noise
         target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x, noise, t)
         ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else torch.autocast(dev.type, enabled=False)
         with ctx:
@@ -251,6 +253,7 @@ def train_ddpm(
         "label_dropout": cfg.label_dropout, "class_power": cfg.class_power, "ema_decay": cfg.ema_decay,
         "ema_power": cfg.ema_power, "optimizer": cfg.optimizer, "lr": cfg.lr,
         **({"cbdm_tau": cfg.cbdm_tau, "cbdm_gamma": cfg.cbdm_gamma} if cfg.cbdm_tau else {}),
+        **({"input_perturbation": cfg.input_perturbation} if cfg.input_perturbation else {}),
         **({"average_checkpoints": cfg.average_checkpoints, "averaged_steps": averaged} if averaged else {}),
         "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)
