@@ -114,7 +114,7 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DD
     if cfg.label_dropout > 0:
         drop = torch.rand(b, generator=g) < cfg.label_dropout
         y = torch.where(drop, torch.full_like(y, null_class), y)
-    # drawn last, so that turning CBDM or self-conditioning off leaves every other draw as it was
+    # drawn last, so that turning CBDM, self-conditioning or input perturbation off leaves every other draw as it was
     y_bal = torch.randint(null_class, (b,), generator=g) if cfg.cbdm_tau > 0 else None
     self_cond = torch.rand(b, generator=g) < 0.5 if cfg.self_condition else None
     perturb = torch.randn(x.shape, generator=g) if cfg.input_perturbation else None
