@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from synthmed.errors import UserError
-from synthmed.generators.ddpm.model import ImagePolicy, downsampling, resolve_arch
+from synthmed.generators.ddpm.model import ImagePolicy, downsampling, resolve_arch, to_model_range
 from synthmed.generators.ddpm.train import IndexSampler, _batch, fingerprint, train_ddpm
 
 from test_ddpm import CLASSES, state_equal, tiny_cfg, trained_and_resumed_equal, two_class_set
@@ -55,7 +55,7 @@ def test_perturbs_the_input_not_the_target(tmp_path, monkeypatch):
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler(num_train_timesteps=100, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type)
-    x = x_u8.float() / 127.5 - 1.0
+    x = to_model_range(x_u8)
     assert torch.equal(seen["t"], t)
     assert torch.allclose(inputs[0], sched.add_noise(x, noise + 0.5 * xi, t), atol=1e-6)
     assert torch.allclose(seen["target"], sched.get_velocity(x, noise, t), atol=1e-6)
