@@ -29,6 +29,10 @@ class DDPMConfig(TrainingSection):
     self_condition: bool | None = Field(None, description="self-conditioning (Chen et al., ICLR 2023): on half the "
                                         "training rows a first no-grad pass's x0 estimate is fed back as extra input "
                                         "channels, and sampling feeds each step's estimate to the next; None = off")
+    time_scale_shift: bool | None = Field(None, description="adaptive group norm (AdaGN, Dhariwal & Nichol 2021): the "
+                                          "time + class embedding scales and shifts the output of each ResNet "
+                                          "block's second norm (diffusers' resnet_time_scale_shift='scale_shift') "
+                                          "instead of being added before it; None = added")
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     num_train_timesteps: int = Field(1000, ge=10)

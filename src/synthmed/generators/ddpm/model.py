@@ -60,6 +60,8 @@ def resolve_arch(cfg: DDPMConfig) -> dict[str, Any]:
     arch["patch_size"] = int(cfg.patch_size or arch.get("patch_size", 1))
     if getattr(cfg, "self_condition", None):  # ddpm only
         arch["self_condition"] = True
+    if getattr(cfg, "time_scale_shift", None):  # ddpm only
+        arch["time_scale_shift"] = True
     n = len(arch["block_out_channels"])
     bad = [lv for lv in arch["attention_levels"] if not 0 <= lv < n]
     if bad:
@@ -87,6 +89,7 @@ def build_unet(arch: dict[str, Any], channels: int, n_classes: int, resolution: 
         block_out_channels=tuple(arch["block_out_channels"]), layers_per_block=arch["layers_per_block"],
         down_block_types=down, up_block_types=up, num_class_embeds=n_classes + 1,
         norm_num_groups=arch["norm_num_groups"], attention_head_dim=8,
+        resnet_time_scale_shift="scale_shift" if arch.get("time_scale_shift") else "default",
     )
     if p > 1:
         unet.patch_size = p
