@@ -1,5 +1,5 @@
 """generator.ddpm.time_scale_shift (AdaGN, Dhariwal & Nichol 2021): the time + class embedding scales and shifts
-each ResNet block's normalised features; off, the UNet and every old checkpoint fingerprint stay as they were."""
+the output of each ResNet block's second norm; off, the UNet and every old checkpoint fingerprint stay as they were."""
 
 from __future__ import annotations
 

@@ -58,10 +58,9 @@ def resolve_arch(cfg: DDPMConfig) -> dict[str, Any]:
         if cfg.attention_levels is not None:
             arch["attention_levels"] = list(cfg.attention_levels)
     arch["patch_size"] = int(cfg.patch_size or arch.get("patch_size", 1))
-    if getattr(cfg, "self_condition", None):  # ddpm only
-        arch["self_condition"] = True
-    if getattr(cfg, "time_scale_shift", None):  # ddpm only
-        arch["time_scale_shift"] = True
+    for flag in ("self_condition", "time_scale_shift"):  # ddpm only; recorded only when on
+        if getattr(cfg, flag, None):
+            arch[flag] = True
     n = len(arch["block_out_channels"])
     bad = [lv for lv in arch["attention_levels"] if not 0 <= lv < n]
     if bad:
