@@ -69,6 +69,9 @@ CONFIG_CASES = [
     ("unknown-sampler", ["--set", "generation.sampler=plms"], ["generation.sampler='plms'"]),
     ("average-more-checkpoints-than-written", ["--set", "generator.ddpm.average_checkpoints=99"],
      ["generator.ddpm.average_checkpoints=99, but steps=", "lower checkpoint_every or average_checkpoints"]),
+    ("importance-without-loss-weights", ["--set", "generator.ddpm.timestep_importance=0.5", "--set",
+                                         "generator.ddpm.snr_gamma=null"],
+     ["generator.ddpm.timestep_importance samples noise levels by the min-SNR loss weight", "set generator.ddpm.snr_gamma"]),
 ]
 
 

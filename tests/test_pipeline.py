@@ -212,8 +212,8 @@ def test_run_workers_error_stops_the_pool_and_resumes(tmp_path: Path, fake_log: 
 
 def test_finetune_key_ignores_an_unset_later_generator_field() -> None:
     """Run directories made before ``generator.*.patch_size``, ``generator.ddpm.self_condition``,
-    ``generator.*.average_checkpoints``, ``generator.ddpm.input_perturbation`` and ``generator.ddpm.time_scale_shift``
-    existed keep their cached generator; setting one is a new generator."""
+    ``generator.*.average_checkpoints``, ``generator.ddpm.input_perturbation``, ``generator.ddpm.time_scale_shift``
+    and ``generator.ddpm.timestep_importance`` existed keep their cached generator; setting one is a new generator."""
     from synthmed.pipeline import keys
 
     cfg = Config()
@@ -224,6 +224,7 @@ def test_finetune_key_ignores_an_unset_later_generator_field() -> None:
     assert old["ddpm"].pop("self_condition") is None
     assert old["ddpm"].pop("input_perturbation") is None
     assert old["ddpm"].pop("time_scale_shift") is None
+    assert old["ddpm"].pop("timestep_importance") is None
     for kind in ("ddpm", "edm"):
         assert old[kind].pop("average_checkpoints") is None
     assert up.finetune == keys.digest({"stage": "finetune", "in": up.data, "generator": old})
@@ -233,6 +234,7 @@ def test_finetune_key_ignores_an_unset_later_generator_field() -> None:
     for change in ("generator.ddpm.patch_size=2", "generator.ddpm.self_condition=true",
                    "generator.ddpm.input_perturbation=0.1",
                    "generator.ddpm.time_scale_shift=true",
+                   "generator.ddpm.timestep_importance=0.75",
                    "generator.edm.average_checkpoints=2"):
         patched = with_overrides(cfg, [change])
         assert keys.upstream_keys(patched).finetune != up.finetune

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from synthmed.generators.edm.config import EDMConfig, TrainingSection, UNetPreset
 from synthmed.generators.sd_config import StableDiffusionConfig
@@ -41,6 +41,10 @@ class DDPMConfig(TrainingSection):
     input_perturbation: float | None = Field(None, gt=0, lt=1, description="input perturbation gamma (Ning et al., "
                                              "ICML 2023; diffusers' --input_perturbation): the noisy input is made "
                                              "with noise + gamma * xi, the target with the noise alone; None = off")
+    timestep_importance: float | None = Field(
+        None, gt=0, le=1, description="importance-sampled noise levels: draw t with p(t) = (1 - a) / T + a w(t) / sum w "
+                                      "(w = the min-SNR loss weight) and weight each row's loss by (1 / T) / p(t): the "
+                                      "same objective with lower-variance gradients; needs snr_gamma; None = uniform")
     class_power: float = Field(1.0, ge=0.0, le=1.0, description="draw class c with p ~ n_c ** gamma (1 = uniform over "
                                                               "images, 0 = class-balanced)")
     cbdm_tau: float = Field(0.0, ge=0, description="CBDM regulariser weight tau (Qin et al. 2023): pull the prediction "
@@ -69,6 +73,13 @@ class DDPMConfig(TrainingSection):
                                 "training, e.g. K = 4 with checkpoint_every = steps / 10 (BENCHMARKS.md, issue 18); "
                                 "None or 1 = the final EMA weights")
     tensorboard: bool = Field(False, description="old spelling of the top-level tracking: tensorboard")
+
+    @model_validator(mode="after")
+    def _importance_needs_weights(self) -> DDPMConfig:
+        if self.timestep_importance is not None and self.snr_gamma is None:
+            raise ValueError("generator.ddpm.timestep_importance samples noise levels by the min-SNR loss weight: "
+                             "set generator.ddpm.snr_gamma (e.g. 5) or leave timestep_importance unset")
+        return self
 
 
 class GeneratorConfig(_Strict):

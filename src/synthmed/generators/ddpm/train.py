@@ -58,18 +58,35 @@ def fingerprint(cfg: DDPMConfig, seed: int, train: ImageSet, world: int) -> str:
     return h.hexdigest()
 
 
-def compute_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
-                 snr_gamma: float | None, prediction_type: str) -> torch.Tensor:
-    """MSE, optionally min-SNR-gamma weighted (Hang et al. 2023), as in diffusers' training examples."""
-    if snr_gamma is None:
-        return F.mse_loss(pred.float(), target.float())
+def snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, snr_gamma: float, prediction_type: str) -> torch.Tensor:
+    """The min-SNR-gamma loss weight of each timestep (Hang et al. 2023), as in diffusers' training examples."""
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(noise_scheduler, timesteps)
     weights = torch.clamp(snr, max=snr_gamma)
-    weights = weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr.clamp(min=1e-8)
+    return weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr.clamp(min=1e-8)
+
+
+def compute_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler: Any,
+                 snr_gamma: float | None, prediction_type: str,
+                 sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE, optionally min-SNR-gamma weighted; ``sample_weight``: a further per-row factor (importance sampling)."""
+    if snr_gamma is None and sample_weight is None:
+        return F.mse_loss(pred.float(), target.float())
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * weights).mean()
+    if snr_gamma is not None:
+        per_sample = per_sample * snr_weights(noise_scheduler, timesteps, snr_gamma, prediction_type)
+    return (per_sample if sample_weight is None else per_sample * sample_weight).mean()
+
+
+def timestep_probs(noise_scheduler: Any, cfg: DDPMConfig) -> torch.Tensor | None:
+    """``timestep_importance`` a: p(t) = (1 - a) / T + a w(t) / sum w, w the min-SNR loss weight; None = uniform.
+    A row drawn at t has its loss multiplied by (1 / T) / p(t), so the expected loss is the uniform one's."""
+    a, T = cfg.timestep_importance, cfg.num_train_timesteps
+    if a is None:
+        return None
+    w = snr_weights(noise_scheduler, torch.arange(T), float(cfg.snr_gamma), cfg.prediction_type).double()
+    return ((1 - a) / T + a * w / w.sum()).float()
 
 
 def cbdm_regulariser(pred: torch.Tensor, pred_bal: torch.Tensor, t: torch.Tensor, num_train_timesteps: int,
@@ -94,8 +111,9 @@ class TrainResult:
 
 
 def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DDPMConfig,
-           null_class: int, T: int, draw: IndexSampler) -> tuple[torch.Tensor, ...]:
-    """All random draws of one step, from ``g`` only, in a fixed order (``draw``: class_power image draws)."""
+           null_class: int, T: int, draw: IndexSampler, t_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """All random draws of one step, from ``g`` only, in a fixed order (``draw``: class_power image draws;
+    ``t_probs``: importance-sampled timesteps, :func:`timestep_probs`)."""
     b = cfg.batch_size
     idx = draw(b, g)
     x = data[idx]
@@ -110,7 +128,7 @@ def _batch(data: torch.Tensor, labels: torch.Tensor, g: torch.Generator, cfg: DD
         k = torch.randint(4, (b,), generator=g)
         x = torch.stack([torch.rot90(xi, int(ki), dims=(1, 2)) for xi, ki in zip(x, k)])
     noise = torch.randn(x.shape, generator=g)
-    t = torch.randint(T, (b,), generator=g)
+    t = torch.randint(T, (b,), generator=g) if t_probs is None else torch.multinomial(t_probs, b, True, generator=g)
     if cfg.label_dropout > 0:
         drop = torch.rand(b, generator=g) < cfg.label_dropout
         y = torch.where(drop, torch.full_like(y, null_class), y)
@@ -199,12 +217,14 @@ def train_ddpm(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="finetune ddpm", unit="step", dynamic_ncols=True, leave=False)
+    t_probs = timestep_probs(noise_sched, cfg)  # on the CPU, as the draws
+    row_weight = None if t_probs is None else (1 / (cfg.num_train_timesteps * t_probs)).to(dev)
     acs = noise_sched.alphas_cumprod.to(dev)
     noise_sched.alphas_cumprod = acs
     unet.train()
     while step < cfg.steps:
         x, y, noise, t, y_bal, self_cond, perturb = (None if v is None else v[rows] for v in _batch(
-            data, labels, g, cfg, null_class, cfg.num_train_timesteps, draw))
+            data, labels, g, cfg, null_class, cfg.num_train_timesteps, draw, t_probs))
         x = to_model_range(x.to(dev, non_blocking=True))
         noise, t, y = noise.to(dev), t.to(dev), y.to(dev)
         noisy = noise_sched.add_noise(x, noise if perturb is None else noise + cfg.input_perturbation * perturb.to(dev),
@@ -215,7 +235,8 @@ def train_ddpm(
             inp = noisy if self_cond is None else _self_condition(base, noisy, t, y, self_cond.to(dev), acs,
                                                                   cfg.prediction_type)
             pred = unet(inp, t, class_labels=y).sample
-        loss = loss_fn(pred, target, t, noise_sched, cfg.snr_gamma, cfg.prediction_type)
+        loss = loss_fn(pred, target, t, noise_sched, cfg.snr_gamma, cfg.prediction_type,
+                       **({} if row_weight is None else {"sample_weight": row_weight[t]}))
         if y_bal is not None:
             with ctx:
                 pred_bal = unet(inp, t, class_labels=y_bal.to(dev)).sample
@@ -254,6 +275,7 @@ def train_ddpm(
         "ema_power": cfg.ema_power, "optimizer": cfg.optimizer, "lr": cfg.lr,
         **({"cbdm_tau": cfg.cbdm_tau, "cbdm_gamma": cfg.cbdm_gamma} if cfg.cbdm_tau else {}),
         **({"input_perturbation": cfg.input_perturbation} if cfg.input_perturbation else {}),
+        **({"timestep_importance": cfg.timestep_importance} if cfg.timestep_importance else {}),
         **({"average_checkpoints": cfg.average_checkpoints, "averaged_steps": averaged} if averaged else {}),
         "precision": str(amp).replace("torch.", "") if amp else "fp32", "fingerprint": fp}}
     gen = DDPMGenerator(final, dict(noise_sched.config), list(classes), policy, meta)

@@ -13,7 +13,7 @@ UNetPreset = Literal["XS", "XS-deep", "S", "M", "L", "custom"]
 #: UNet and training fields added after checkpoints and run directories existed: hashes of a config (checkpoint
 #: fingerprints, the pipeline's finetune key) leave them out while unset (None), so those still resume and stay cached
 LATER_UNET_FIELDS = ("patch_size", "self_condition", "average_checkpoints", "input_perturbation",
-                     "time_scale_shift")
+                     "time_scale_shift", "timestep_importance")
 
 
 def without_unset_later_fields(settings: dict) -> dict:
