@@ -103,22 +103,26 @@ def main() -> None:
         sq[i] = float(gr.double().pow(2).sum())
     mean2 = float((total / args.n).double().pow(2).sum())
     u, base = 1.0 / T, float(sq.mean()) - mean2
-    out: dict = {"run": str(args.run), "step": args.step, "n": args.n, "seconds": round(time.time() - t0, 1)}
+    out: dict = {"run": str(args.run), "step": args.step, "n": args.n}
 
     def ratio(q: torch.Tensor, rows: torch.Tensor) -> float:
         return (float((u / q[ts[rows]] * sq[rows]).mean()) - mean2) / (float(sq[rows].mean()) - mean2)
 
     every = torch.ones(args.n, dtype=torch.bool)
     out["mixture_ratio"] = {a: round(ratio(probs(float(a)), every), 3) for a in args.mixtures.split(",")}
-    half, bins = torch.arange(args.n) % 2 == 0, torch.div(ts, T // 20, rounding_mode="floor").clamp(max=19)
+    bin_of_t = torch.div(torch.arange(T), T // 20, rounding_mode="floor").clamp(max=19)
+    half, bins = torch.arange(args.n) % 2 == 0, bin_of_t[ts]
     ceiling = []
     for fit_rows in (half, ~half):
-        c = torch.stack([(sq[fit_rows & (bins == b)] / w[ts[fit_rows & (bins == b)]] ** 2).mean() for b in range(20)])
-        q = w * c[torch.div(torch.arange(T), T // 20, rounding_mode="floor").clamp(max=19)].sqrt()
+        unweighted = sq / w[ts] ** 2
+        c = torch.stack([unweighted[fit_rows & (bins == b)].mean() for b in range(20)])
+        c = torch.where(c.isnan(), unweighted[fit_rows].mean(), c)  # a bin no draw fell in (small --n)
+        q = w * c[bin_of_t].sqrt()
         ceiling.append(ratio(q / q.sum(), ~fit_rows))
     out["ceiling_ratio"] = round(sum(ceiling) / 2, 3)
     if args.strata_n:
         out["stratified"] = stratified(args, unet, sched, w, x, y, probs(args.stratify_a), g)
+    out["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out, indent=1))
 
 
